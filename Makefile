@@ -1,0 +1,34 @@
+# ctbpf: every target runs as root on Debian 12; `setup` is idempotent and fast.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest -ra
+
+.PHONY: setup demo test unit conformance bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/ctbpf demo
+
+# pytest exits 5 when it collects no test at all; that is reported, not failed.
+test: setup
+	@$(PYTEST) tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 0; fi; exit $$rc
+
+unit: setup
+	$(PYTEST) tests/unit
+
+conformance: setup
+	@if [ -d tests/conformance ]; then $(PYTEST) tests/conformance; \
+	else echo "no conformance suite yet (tests/conformance does not exist)"; fi
+
+bench: setup
+	@if [ -f bench/__main__.py ]; then $(PY) -m bench; \
+	else echo "no benchmarks yet (bench/__main__.py does not exist)"; fi
+
+clean:
+	@if [ -x scripts/cleanup-lab.sh ]; then scripts/cleanup-lab.sh; \
+	elif [ -f scripts/cleanup-lab.sh ]; then bash scripts/cleanup-lab.sh; fi
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * ctbpf ABI: every struct, enum and index that the datapath shares with the
+ * Python control plane. This file is the single source of truth:
+ * ctbpf/abi.py parses it at import time, and tests/unit/test_abi.py checks the
+ * parsed layout against the one clang gives when BCC compiles the programs.
+ *
+ * Keep to the restricted syntax that parser understands:
+ *   #define NAME <integer>
+ *   enum name { NAME = <integer>, ... };          (every value explicit)
+ *   struct name { <__u8|__u16|__u32|__u64> field[N]; ... };
+ * Retired struct fields are renamed `retired_*` and kept, never reused, so
+ * maps pinned by an older build stay readable; any layout change bumps
+ * CT_LAYOUT_VERSION.
+ */
+#ifndef CTBPF_ABI_H
+#define CTBPF_ABI_H
+
+#define CT_LAYOUT_VERSION 1
+
+/* Address families stored in ct_key.family. */
+#define CT_FAMILY_IPV4 4
+#define CT_FAMILY_IPV6 6
+
+/* TCP states, numbered as the kernel's enum tcp_conntrack so that
+ * `conntrack -L` users see the same names in the same order. */
+enum ct_tcp_state {
+	CT_TCP_NONE = 0,
+	CT_TCP_SYN_SENT = 1,
+	CT_TCP_SYN_RECV = 2,
+	CT_TCP_ESTABLISHED = 3,
+	CT_TCP_FIN_WAIT = 4,
+	CT_TCP_CLOSE_WAIT = 5,
+	CT_TCP_LAST_ACK = 6,
+	CT_TCP_TIME_WAIT = 7,
+	CT_TCP_CLOSE = 8,
+	CT_TCP_SYN_SENT2 = 9,
+	/* Pseudo-states used only as transition table results. */
+	CT_TCP_INVALID = 10,
+	CT_TCP_IGNORE = 11,
+};
+
+/* TCP packet classes, by the kernel's priority RST > SYN > FIN > ACK > none. */
+enum ct_tcp_class {
+	CT_CLASS_SYN = 0,
+	CT_CLASS_SYNACK = 1,
+	CT_CLASS_FIN = 2,
+	CT_CLASS_ACK = 3,
+	CT_CLASS_RST = 4,
+	CT_CLASS_NONE = 5,
+};
+
+/* Direction of a packet relative to the flow's opener. */
+enum ct_dir {
+	CT_DIR_ORIGINAL = 0,
+	CT_DIR_REPLY = 1,
+};
+
+/* User-land state of a packet, as `ct state` in nft / -m state in iptables.
+ * UNTRACKED is for packets that cannot be tied to a flow at all (non-first
+ * IP fragments), like the kernel's `ct state untracked`. */
+enum ct_pkt_state {
+	CT_PKT_NEW = 0,
+	CT_PKT_ESTABLISHED = 1,
+	CT_PKT_RELATED = 2,
+	CT_PKT_INVALID = 3,
+	CT_PKT_UNTRACKED = 4,
+};
+
+/* Bits of ct_entry.flags. */
+enum ct_entry_flag {
+	CT_F_SEEN_REPLY = 1,     /* a reply-direction packet was accepted: clears [UNREPLIED] */
+	CT_F_ASSURED = 2,        /* [ASSURED]; the entry lives in ct_assured */
+	CT_F_ORIG_IS_HI = 4,     /* the opener is the key's hi side */
+	CT_F_CLOSE_INIT = 8,     /* a FIN moved the flow to FIN_WAIT (kernel: IP_CT_TCP_FLAG_CLOSE_INIT) */
+	CT_F_SIMOPEN = 16,       /* SYN_SENT2 was seen: simultaneous open */
+	CT_F_CHALLENGE_ACK = 32, /* a SYN was ignored in LAST_ACK: expect an RFC 5961 challenge ACK */
+	CT_F_PICKED_UP = 64,     /* created mid-stream by tcp_loose */
+};
+
+/* Why a packet was INVALID (or never reached the tracker). */
+enum ct_invalid_reason {
+	CT_INV_TRUNC_L2 = 0,      /* Ethernet or VLAN header truncated */
+	CT_INV_VLAN_DEPTH = 1,    /* more VLAN tags than CT_MAX_VLAN_DEPTH */
+	CT_INV_TRUNC_IP = 2,      /* IPv4/IPv6 fixed header truncated */
+	CT_INV_IP_HDR = 3,        /* IPv4 IHL < 5 or version mismatch */
+	CT_INV_IP_LEN = 4,        /* IP total/payload length lies about the frame */
+	CT_INV_IP6_EXTHDR = 5,    /* IPv6 extension header chain truncated or too long */
+	CT_INV_TRUNC_L4 = 6,      /* TCP/UDP/ICMP header truncated */
+	CT_INV_TCP_DOFF = 7,      /* TCP data offset < 5 or beyond the packet */
+	CT_INV_TCP_FLAGS = 8,     /* impossible TCP flag combination */
+	CT_INV_TCP_STATE = 9,     /* transition table says invalid */
+	CT_INV_TCP_NOT_SYN = 10,  /* new flow without SYN and tcp_loose = 0 */
+	CT_INV_UDP_LEN = 11,      /* UDP length field lies */
+	CT_INV_ICMP_TYPE = 12,    /* ICMP type that cannot start a flow, or unknown */
+	CT_INV_ICMP_INNER = 13,   /* ICMP error whose embedded header is unusable */
+	CT_INV_ICMP_NO_FLOW = 14, /* ICMP error for a flow we do not track */
+	CT_INV_ICMP_SPOOF = 15,   /* ICMP error whose outer destination is not the flow's sender */
+	CT_INV_REASON_MAX = 16,
+};
+
+/* Per-CPU counters (ct_stats). Invalid reasons follow at
+ * CT_STAT_INVALID_BASE + enum ct_invalid_reason. */
+enum ct_stat {
+	CT_STAT_PKT_NEW = 0,        /* packets per user-land state, in ct_pkt_state order */
+	CT_STAT_PKT_ESTABLISHED = 1,
+	CT_STAT_PKT_RELATED = 2,
+	CT_STAT_PKT_INVALID = 3,
+	CT_STAT_PKT_UNTRACKED = 4,
+	CT_STAT_NON_IP = 5,         /* frames that are not IPv4/IPv6: passed, not tracked */
+	CT_STAT_FOUND = 6,          /* lookups that found a live entry */
+	CT_STAT_INSERT = 7,         /* entries created */
+	CT_STAT_INSERT_FAILED = 8,  /* entries that could not be created */
+	CT_STAT_PROMOTE = 9,        /* entries moved to ct_assured */
+	CT_STAT_EXPIRED_SEEN = 10,  /* expired entries met on lookup and replaced */
+	CT_STAT_DELETE = 11,        /* entries removed by the datapath (RST as only reply, reopen) */
+	CT_STAT_ICMP_ERROR = 12,    /* ICMP errors examined (related or not) */
+	CT_STAT_FRAGMENT = 13,      /* non-first IP fragments (untracked) */
+	CT_STAT_IGNORED = 14,       /* TCP packets the table ignores (state unchanged) */
+	CT_STAT_INVALID_BASE = 32,
+	CT_STAT_MAX = 48,
+};
+
+/* Indices of ct_config (u64 each). TCP timeouts sit at their state's number;
+ * all timeouts are in seconds. */
+enum ct_cfg {
+	CT_CFG_TCP_TIMEOUT_NONE = 0,
+	CT_CFG_TCP_TIMEOUT_SYN_SENT = 1,
+	CT_CFG_TCP_TIMEOUT_SYN_RECV = 2,
+	CT_CFG_TCP_TIMEOUT_ESTABLISHED = 3,
+	CT_CFG_TCP_TIMEOUT_FIN_WAIT = 4,
+	CT_CFG_TCP_TIMEOUT_CLOSE_WAIT = 5,
+	CT_CFG_TCP_TIMEOUT_LAST_ACK = 6,
+	CT_CFG_TCP_TIMEOUT_TIME_WAIT = 7,
+	CT_CFG_TCP_TIMEOUT_CLOSE = 8,
+	CT_CFG_TCP_TIMEOUT_SYN_SENT2 = 9,
+	CT_CFG_TCP_TIMEOUT_MAX_RETRANS = 10,
+	CT_CFG_TCP_TIMEOUT_UNACKNOWLEDGED = 11,
+	CT_CFG_UDP_TIMEOUT = 12,
+	CT_CFG_UDP_TIMEOUT_STREAM = 13,
+	CT_CFG_ICMP_TIMEOUT = 14,
+	CT_CFG_ICMPV6_TIMEOUT = 15,
+	CT_CFG_GENERIC_TIMEOUT = 16,
+	CT_CFG_TCP_LOOSE = 17,
+	CT_CFG_TCP_BE_LIBERAL = 18,
+	CT_CFG_TCP_MAX_RETRANS = 19,
+	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
+	CT_CFG_MAX = 32,
+};
+
+/*
+ * Flow key, the same for both directions: the (address, port) pair that
+ * compares lower goes in the *_lo fields. Addresses and ports are in network
+ * byte order, exactly as on the wire; an IPv4 address sits in word 0 with
+ * words 1-3 zero. For ICMP/ICMPv6 queries both ports hold the query id and
+ * icmp_query holds (request type << 8 | code), so echo and timestamp
+ * queries with the same id stay apart.
+ */
+struct ct_key {
+	__u32 addr_lo[4];
+	__u32 addr_hi[4];
+	__u16 port_lo;
+	__u16 port_hi;
+	__u8 proto;      /* IPPROTO_* */
+	__u8 family;     /* CT_FAMILY_IPV4 or CT_FAMILY_IPV6 */
+	__u16 icmp_query;
+};
+
+/*
+ * One tracked flow. Times are bpf_ktime_get_ns() (CLOCK_MONOTONIC, ns), so an
+ * entry's expiry is absolute and survives an agent restart unchanged.
+ */
+struct ct_entry {
+	__u64 expires_ns;   /* the entry counts as absent from this instant */
+	__u64 created_ns;
+	__u64 packets[2];   /* indexed by enum ct_dir */
+	__u64 bytes[2];     /* L3 bytes, indexed by enum ct_dir */
+	__u32 last_end;     /* TCP: seq + len of the last tracked segment, host order */
+	__u8 state;         /* enum ct_tcp_state; CT_TCP_NONE for other protocols */
+	__u8 flags;         /* enum ct_entry_flag bits */
+	__u8 last_class;    /* TCP: enum ct_tcp_class of the last tracked segment */
+	__u8 last_dir;      /* TCP: enum ct_dir of the last tracked segment */
+};
+
+/* The single element of ct_config: live tunables indexed by enum ct_cfg. */
+struct ct_config {
+	__u64 value[CT_CFG_MAX];
+};
+
+/* The single element of ct_stats (per CPU): counters indexed by enum ct_stat. */
+struct ct_counters {
+	__u64 count[CT_STAT_MAX];
+};
+
+#endif /* CTBPF_ABI_H */

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Build-time knobs of the datapath. Each may be overridden with -D by the
+ * loader (integers only: no user string ever becomes C source, except the
+ * pin directory, which the loader validates against a strict pattern).
+ */
+#ifndef CTBPF_CONFIG_H
+#define CTBPF_CONFIG_H
+
+/* Entries in each of the two flow tables (conntrack_max). */
+#ifndef CT_MAX_ENTRIES
+#define CT_MAX_ENTRIES 65536
+#endif
+
+/* VLAN tags parsed before giving up: 2 covers 802.1Q and QinQ. */
+#ifndef CT_MAX_VLAN_DEPTH
+#define CT_MAX_VLAN_DEPTH 2
+#endif
+
+/* IPv6 extension headers skipped before giving up (hop-by-hop, routing,
+ * destination options, fragment, AH). */
+#ifndef CT_MAX_IP6_EXTHDRS
+#define CT_MAX_IP6_EXTHDRS 6
+#endif
+
+/* Where the maps are pinned; the loader always passes it. */
+#ifndef CT_PIN_DIR
+#define CT_PIN_DIR "/sys/fs/bpf/ctbpf"
+#endif
+
+/* A UDP flow answered and still alive this long after creation is a stream
+ * (kernel: stream_ts = creation + 2 s). Nanoseconds. */
+#define CT_UDP_STREAM_AFTER_NS (2ULL * 1000000000ULL)
+
+#define CT_NSEC_PER_SEC 1000000000ULL
+
+#endif /* CTBPF_CONFIG_H */

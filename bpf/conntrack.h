@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The tracker's driver: find the flow, let its protocol tracker judge the
+ * packet, create, promote, delete entries and count what happened.
+ */
+#ifndef CTBPF_CONNTRACK_H
+#define CTBPF_CONNTRACK_H
+
+/* ct_process() result for frames that carry no user-land state. */
+#define CT_PKT_NONE 0xff
+
+static __always_inline void ct_count(struct ct_counters *st, int idx)
+{
+	if (idx >= 0 && idx < CT_STAT_MAX)
+		st->count[idx]++; /* per-CPU: no atomic needed */
+}
+
+static __always_inline int ct_invalid(struct ct_counters *st, __u8 reason)
+{
+	ct_count(st, CT_STAT_INVALID_BASE + (reason & (CT_INV_REASON_MAX - 1)));
+	ct_count(st, CT_STAT_PKT_INVALID);
+	return CT_PKT_INVALID;
+}
+
+/**
+ * ct_find - the live entry of a key, ASSURED table first so that established
+ * traffic needs one lookup. An expired entry counts as absent and is removed
+ * here; the sweeper only reclaims what no packet revisits.
+ */
+static __always_inline struct ct_entry *ct_find(struct ct_key *key, __u64 now,
+						int *in_assured, struct ct_counters *st)
+{
+	struct ct_entry *e = ct_assured.lookup(key);
+
+	if (e) {
+		if (e->expires_ns > now) {
+			*in_assured = 1;
+			return e;
+		}
+		ct_assured.delete(key);
+		ct_count(st, CT_STAT_EXPIRED_SEEN);
+	}
+	e = ct_new.lookup(key);
+	if (e) {
+		if (e->expires_ns > now) {
+			*in_assured = 0;
+			return e;
+		}
+		ct_new.delete(key);
+		ct_count(st, CT_STAT_EXPIRED_SEEN);
+	}
+	return 0;
+}
+
+static __always_inline int ct_is_icmp(const struct ct_tuple *t)
+{
+	return (t->family == CT_FAMILY_IPV4 && t->proto == IPPROTO_ICMP) ||
+	       (t->family == CT_FAMILY_IPV6 && t->proto == IPPROTO_ICMPV6);
+}
+
+static __always_inline int ct_can_start(struct ct_pkt *pkt, const struct ct_config *cfg)
+{
+	if (pkt->t.proto == IPPROTO_TCP)
+		return tcp_can_start(pkt, cfg);
+	if (ct_is_icmp(&pkt->t))
+		return icmp_can_start(pkt);
+	return 1;
+}
+
+static __always_inline int ct_track_proto(struct ct_entry *e, struct ct_pkt *pkt, int dir,
+					  const struct ct_config *cfg, __u64 now)
+{
+	if (pkt->t.proto == IPPROTO_TCP)
+		return tcp_track(e, pkt, dir, cfg, now);
+	if (pkt->t.proto == IPPROTO_UDP)
+		return udp_track(e, cfg, now);
+	if (ct_is_icmp(&pkt->t))
+		return icmp_track(e, cfg, now, pkt->t.family == CT_FAMILY_IPV6);
+	return generic_track(e, cfg, now);
+}
+
+/* Packet and byte counters of a shared entry: other CPUs may be counting
+ * the same flow (RSS spreads the two directions), so add atomically. */
+static __always_inline void ct_account(struct ct_entry *e, const struct ct_pkt *pkt, int dir)
+{
+	if (dir == CT_DIR_ORIGINAL) {
+		__sync_fetch_and_add(&e->packets[0], 1);
+		__sync_fetch_and_add(&e->bytes[0], pkt->l3_len);
+	} else {
+		__sync_fetch_and_add(&e->packets[1], 1);
+		__sync_fetch_and_add(&e->bytes[1], pkt->l3_len);
+	}
+}
+
+/**
+ * ct_promote - move an entry that just became ASSURED from ct_new to
+ * ct_assured, where no flood of new flows can evict it.
+ *
+ * Another CPU may update the ct_new copy between our copy and the delete;
+ * the worst case is a lost packet count or a state change replayed by the
+ * next packet, which is acceptable next to taking a lock per packet.
+ */
+static __always_inline void ct_promote(struct ct_key *key, struct ct_entry *e,
+				       struct ct_counters *st)
+{
+	struct ct_entry copy = *e;
+
+	if (ct_assured.update(key, &copy) == 0) {
+		ct_new.delete(key);
+		ct_count(st, CT_STAT_PROMOTE);
+	} else {
+		/* The assured table is full: the flow stays tracked in ct_new. */
+		ct_count(st, CT_STAT_INSERT_FAILED);
+	}
+}
+
+static __always_inline void ct_remove(struct ct_key *key, int in_assured, struct ct_counters *st)
+{
+	if (in_assured)
+		ct_assured.delete(key);
+	else
+		ct_new.delete(key);
+	ct_count(st, CT_STAT_DELETE);
+}
+
+/* User-land state of a packet on a known flow, judged before the packet
+ * itself sets SEEN_REPLY (kernel: ctinfo is chosen on lookup). */
+static __always_inline int ct_known_state(int dir, int seen_reply)
+{
+	return (dir == CT_DIR_REPLY || seen_reply) ? CT_PKT_ESTABLISHED : CT_PKT_NEW;
+}
+
+static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct ct_pkt *pkt,
+				     const struct ct_config *cfg, __u64 now,
+				     struct ct_counters *st)
+{
+	struct ct_entry ne = {};
+
+	if (!ct_can_start(pkt, cfg))
+		return ct_invalid(st, pkt->reason);
+	ne.created_ns = now;
+	ne.last_class = CT_CLASS_NONE;
+	if (src_is_hi)
+		ne.flags |= CT_F_ORIG_IS_HI;
+	if (pkt->t.proto == IPPROTO_TCP && pkt->tcp_flags & TCPF_ACK && !(pkt->tcp_flags & TCPF_SYN))
+		ne.flags |= CT_F_PICKED_UP;
+	if (ct_track_proto(&ne, pkt, CT_DIR_ORIGINAL, cfg, now) == CT_TRACK_INVALID)
+		return ct_invalid(st, pkt->reason);
+	ne.packets[0] = 1;
+	ne.bytes[0] = pkt->l3_len;
+	if (ct_new.update(key, &ne) != 0) {
+		ct_count(st, CT_STAT_INSERT_FAILED);
+	} else {
+		ct_count(st, CT_STAT_INSERT);
+	}
+	ct_count(st, CT_STAT_PKT_NEW);
+	return CT_PKT_NEW;
+}
+
+static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_config *cfg,
+					 struct ct_counters *st)
+{
+	struct ct_key key = {};
+	int src_is_hi = flow_key_from_tuple(&pkt->t, &key);
+	__u64 now = bpf_ktime_get_ns();
+	int in_assured = 0;
+	struct ct_entry *e = ct_find(&key, now, &in_assured, st);
+	int dir, seen_reply, state;
+
+	if (!e)
+		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
+
+	ct_count(st, CT_STAT_FOUND);
+	dir = flow_dir(e, src_is_hi);
+	seen_reply = e->flags & CT_F_SEEN_REPLY;
+	state = ct_known_state(dir, seen_reply);
+
+	switch (ct_track_proto(e, pkt, dir, cfg, now)) {
+	case CT_TRACK_INVALID:
+		return ct_invalid(st, pkt->reason);
+	case CT_TRACK_REOPEN:
+		ct_remove(&key, in_assured, st);
+		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
+	case CT_TRACK_DELETE:
+		ct_remove(&key, in_assured, st);
+		break;
+	case CT_TRACK_KEEP:
+		ct_count(st, CT_STAT_IGNORED);
+		/* fallthrough */
+	default:
+		ct_account(e, pkt, dir);
+		if (dir == CT_DIR_REPLY && !seen_reply)
+			e->flags |= CT_F_SEEN_REPLY;
+		if (!in_assured && (e->flags & CT_F_ASSURED))
+			ct_promote(&key, e, st);
+	}
+	ct_count(st, state == CT_PKT_NEW ? CT_STAT_PKT_NEW : CT_STAT_PKT_ESTABLISHED);
+	return state;
+}
+
+/**
+ * ct_track_icmp_error - an ICMP error is RELATED to the flow its embedded
+ * header belongs to, provided it travels back to that packet's sender
+ * (the kernel's anti-spoofing check); otherwise it is INVALID. Errors never
+ * create or refresh entries.
+ */
+static __always_inline int ct_track_icmp_error(struct ct_pkt *pkt, struct ct_counters *st)
+{
+	struct ct_key key = {};
+	int in_assured = 0;
+
+	ct_count(st, CT_STAT_ICMP_ERROR);
+	flow_key_from_tuple(&pkt->inner, &key);
+	if (!ct_find(&key, bpf_ktime_get_ns(), &in_assured, st))
+		return ct_invalid(st, CT_INV_ICMP_NO_FLOW);
+	if (pkt->inner.family != pkt->t.family ||
+	    !flow_addr_equal(pkt->t.daddr, pkt->inner.saddr))
+		return ct_invalid(st, CT_INV_ICMP_SPOOF);
+	ct_count(st, CT_STAT_PKT_RELATED);
+	return CT_PKT_RELATED;
+}
+
+/**
+ * ct_process - track one frame. Returns its user-land state (enum
+ * ct_pkt_state) or CT_PKT_NONE for frames that are not IP.
+ */
+static __always_inline int ct_process(void *data, void *data_end)
+{
+	__u32 zero = 0;
+	struct ct_counters *st = ct_stats.lookup(&zero);
+	struct ct_config *cfg = ct_config.lookup(&zero);
+	struct ct_pkt pkt = {};
+
+	if (!st || !cfg)
+		return CT_PKT_NONE; /* cannot happen: array elements always exist */
+
+	if (parse_packet(data, data_end, &pkt))
+		return ct_invalid(st, pkt.reason);
+
+	switch (pkt.kind) {
+	case CT_KIND_NON_IP:
+		ct_count(st, CT_STAT_NON_IP);
+		return CT_PKT_NONE;
+	case CT_KIND_UNTRACKED:
+		if (pkt.t.proto != IPPROTO_ICMPV6)
+			ct_count(st, CT_STAT_FRAGMENT);
+		ct_count(st, CT_STAT_PKT_UNTRACKED);
+		return CT_PKT_UNTRACKED;
+	case CT_KIND_ICMP_ERROR:
+		return ct_track_icmp_error(&pkt, st);
+	}
+	return ct_track_flow(&pkt, cfg, st);
+}
+
+#endif /* CTBPF_CONNTRACK_H */

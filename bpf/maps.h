@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The datapath's maps, all pinned under CT_PIN_DIR so that the control plane
+ * (and a restarted agent) finds them by path.
+ */
+#ifndef CTBPF_MAPS_H
+#define CTBPF_MAPS_H
+
+/* Unassured flows (NEW, half-open, UDP not yet a stream, ICMP, generic):
+ * an LRU, so a flood of new flows can only push out other unassured flows. */
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct_new,
+		 CT_MAX_ENTRIES, CT_PIN_DIR "/ct_new");
+
+/* ASSURED flows: a plain hash that nothing evicts. */
+BPF_TABLE_PINNED("hash", struct ct_key, struct ct_entry, ct_assured,
+		 CT_MAX_ENTRIES, CT_PIN_DIR "/ct_assured");
+
+/* Live tunables (timeouts, switches), one element read once per packet. */
+BPF_TABLE_PINNED("array", __u32, struct ct_config, ct_config, 1,
+		 CT_PIN_DIR "/ct_config");
+
+/* Per-CPU counters, one element indexed by enum ct_stat. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct ct_counters, ct_stats, 1,
+		 CT_PIN_DIR "/ct_stats");
+
+#endif /* CTBPF_MAPS_H */

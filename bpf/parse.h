@@ -1,0 +1,469 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Packet parsing: Ethernet (802.1Q, QinQ), IPv4 (options), IPv6 (extension
+ * headers), TCP, UDP, ICMP, ICMPv6, anything else as generic.
+ *
+ * Every helper has the same contract: it reads one header at the cursor,
+ * checks every byte it touches against data_end (and against the length the
+ * IP header announces), advances the cursor and returns 0, or records why
+ * the packet is unusable in pkt->reason and returns -1. A packet that fails
+ * parsing is INVALID and never creates an entry.
+ */
+#ifndef CTBPF_PARSE_H
+#define CTBPF_PARSE_H
+
+#define ETH_P_IP_BE    0x0008 /* htons(0x0800) */
+#define ETH_P_IPV6_BE  0xDD86 /* htons(0x86DD) */
+#define ETH_P_8021Q_BE 0x0081 /* htons(0x8100) */
+#define ETH_P_8021AD_BE 0xA888 /* htons(0x88A8) */
+
+#define IP_MF_BE     0x0020 /* htons(0x2000): more fragments */
+#define IP_OFFSET_BE 0xFF1F /* htons(0x1FFF): fragment offset */
+
+#define NEXTHDR_HOP      0
+#define NEXTHDR_ROUTING  43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH     51
+#define NEXTHDR_DEST     60
+
+/* TCP flag bits in byte 13 of the header. */
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_PSH 0x08
+#define TCPF_ACK 0x10
+#define TCPF_URG 0x20
+#define TCPF_ECE 0x40
+#define TCPF_CWR 0x80
+
+/* What kind of packet the parser found. */
+enum ct_pkt_kind {
+	CT_KIND_FLOW = 0,       /* tracked by its tuple */
+	CT_KIND_ICMP_ERROR = 1, /* ICMP/ICMPv6 error: related to the embedded flow or invalid */
+	CT_KIND_UNTRACKED = 2,  /* non-first fragment, NDP/MLD: not tied to a flow */
+	CT_KIND_NON_IP = 3,     /* not IPv4/IPv6: ignored */
+	CT_KIND_INVALID = 4,    /* malformed: see reason */
+};
+
+/* One direction of a flow as seen on the wire. Addresses and ports in
+ * network byte order. ICMP queries: the requester's port holds the query id
+ * and the responder's port is 0, so a request and its reply form the same
+ * flow while a request in the other direction forms another, as in the
+ * kernel's ICMP tuples. */
+struct ct_tuple {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u16 icmp_query; /* request type << 8 | code, host order */
+	__u8 proto;
+	__u8 family;
+};
+
+struct ct_pkt {
+	struct ct_tuple t;
+	struct ct_tuple inner; /* ICMP errors: the embedded packet, as its sender sent it */
+	__u32 seq;             /* TCP, host order */
+	__u32 ack_seq;         /* TCP, host order */
+	__u32 seg_len;         /* TCP payload + SYN + FIN, for seq + len */
+	__u32 l3_len;          /* bytes counted for the flow */
+	__u8 tcp_flags;
+	__u8 kind;             /* enum ct_pkt_kind */
+	__u8 reason;           /* enum ct_invalid_reason when kind is INVALID */
+	__u8 icmp_reply;       /* ICMP query: the packet is a reply type */
+};
+
+struct ct_cursor {
+	void *pos;
+	void *end;   /* data_end */
+	void *l3_end; /* end of the IP datagram as its header announces */
+};
+
+static __always_inline int parse_fail(struct ct_pkt *pkt, __u8 reason)
+{
+	pkt->kind = CT_KIND_INVALID;
+	pkt->reason = reason;
+	return -1;
+}
+
+/**
+ * parse_eth - Ethernet header and up to CT_MAX_VLAN_DEPTH VLAN tags.
+ * Returns the (network order) ethertype of the payload, or -1.
+ */
+static __always_inline int parse_eth(struct ct_cursor *c, struct ct_pkt *pkt, __u16 *proto)
+{
+	struct ethhdr *eth = c->pos;
+
+	if ((void *)(eth + 1) > c->end)
+		return parse_fail(pkt, CT_INV_TRUNC_L2);
+	c->pos = eth + 1;
+	*proto = eth->h_proto;
+
+#pragma unroll
+	for (int i = 0; i < CT_MAX_VLAN_DEPTH; i++) {
+		struct vlan_hdr *vh = c->pos;
+
+		if (*proto != ETH_P_8021Q_BE && *proto != ETH_P_8021AD_BE)
+			return 0;
+		if ((void *)(vh + 1) > c->end)
+			return parse_fail(pkt, CT_INV_TRUNC_L2);
+		*proto = vh->h_vlan_encapsulated_proto;
+		c->pos = vh + 1;
+	}
+	if (*proto == ETH_P_8021Q_BE || *proto == ETH_P_8021AD_BE)
+		return parse_fail(pkt, CT_INV_VLAN_DEPTH);
+	return 0;
+}
+
+/**
+ * parse_ipv4 - IPv4 header with options. Sets addresses, protocol, l3_len
+ * and the datagram end; a non-first fragment is marked UNTRACKED.
+ */
+static __always_inline int parse_ipv4(struct ct_cursor *c, struct ct_pkt *pkt)
+{
+	struct iphdr *iph = c->pos;
+	__u32 hlen, tot_len;
+
+	if ((void *)(iph + 1) > c->end)
+		return parse_fail(pkt, CT_INV_TRUNC_IP);
+	if (iph->version != 4 || iph->ihl < 5)
+		return parse_fail(pkt, CT_INV_IP_HDR);
+	hlen = iph->ihl * 4;
+	tot_len = bpf_ntohs(iph->tot_len);
+	if (c->pos + hlen > c->end)
+		return parse_fail(pkt, CT_INV_TRUNC_IP);
+	/* The frame may carry Ethernet padding after the datagram, never less
+	 * than the datagram. */
+	if (tot_len < hlen || c->pos + tot_len > c->end)
+		return parse_fail(pkt, CT_INV_IP_LEN);
+
+	pkt->t.family = CT_FAMILY_IPV4;
+	pkt->t.proto = iph->protocol;
+	pkt->t.saddr[0] = iph->saddr;
+	pkt->t.daddr[0] = iph->daddr;
+	pkt->l3_len = tot_len;
+	c->l3_end = c->pos + tot_len;
+	c->pos += hlen;
+
+	/* No reassembly happens before XDP: a fragment other than the first
+	 * carries no L4 header and cannot be tied to a flow. The first fragment
+	 * is tracked by the L4 header it carries. */
+	if (iph->frag_off & IP_OFFSET_BE)
+		pkt->kind = CT_KIND_UNTRACKED;
+	return 0;
+}
+
+/**
+ * parse_ipv6 - IPv6 header and the extension headers conntrack skips
+ * (hop-by-hop, routing, destination options, fragment, AH).
+ */
+static __always_inline int parse_ipv6(struct ct_cursor *c, struct ct_pkt *pkt)
+{
+	struct ipv6hdr *ip6h = c->pos;
+	__u32 payload_len;
+	__u8 nexthdr;
+
+	if ((void *)(ip6h + 1) > c->end)
+		return parse_fail(pkt, CT_INV_TRUNC_IP);
+	if (ip6h->version != 6)
+		return parse_fail(pkt, CT_INV_IP_HDR);
+	payload_len = bpf_ntohs(ip6h->payload_len);
+	/* payload_len 0 would be a jumbogram, which never fits a frame here. */
+	if (payload_len == 0 || (void *)(ip6h + 1) + payload_len > c->end)
+		return parse_fail(pkt, CT_INV_IP_LEN);
+
+	pkt->t.family = CT_FAMILY_IPV6;
+	__builtin_memcpy(pkt->t.saddr, &ip6h->saddr, 16);
+	__builtin_memcpy(pkt->t.daddr, &ip6h->daddr, 16);
+	pkt->l3_len = sizeof(*ip6h) + payload_len;
+	c->l3_end = (void *)(ip6h + 1) + payload_len;
+	c->pos = ip6h + 1;
+	nexthdr = ip6h->nexthdr;
+
+#pragma unroll
+	for (int i = 0; i < CT_MAX_IP6_EXTHDRS; i++) {
+		struct ipv6_opt_hdr *oh = c->pos;
+		__u32 len;
+
+		if (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING &&
+		    nexthdr != NEXTHDR_DEST && nexthdr != NEXTHDR_FRAGMENT &&
+		    nexthdr != NEXTHDR_AUTH) {
+			pkt->t.proto = nexthdr;
+			return 0;
+		}
+		if ((void *)(oh + 1) > c->end || (void *)(oh + 1) > c->l3_end)
+			return parse_fail(pkt, CT_INV_IP6_EXTHDR);
+		if (nexthdr == NEXTHDR_FRAGMENT) {
+			struct frag_hdr *fh = c->pos;
+
+			if ((void *)(fh + 1) > c->end || (void *)(fh + 1) > c->l3_end)
+				return parse_fail(pkt, CT_INV_IP6_EXTHDR);
+			/* Same rule as IPv4: only the first fragment has the L4 header. */
+			if (fh->frag_off & bpf_htons(0xFFF8)) {
+				pkt->t.proto = fh->nexthdr;
+				pkt->kind = CT_KIND_UNTRACKED;
+				return 0;
+			}
+			len = sizeof(*fh);
+		} else if (nexthdr == NEXTHDR_AUTH) {
+			len = (oh->hdrlen + 2) * 4;
+		} else {
+			len = (oh->hdrlen + 1) * 8;
+		}
+		nexthdr = oh->nexthdr;
+		c->pos += len;
+		if (c->pos > c->l3_end)
+			return parse_fail(pkt, CT_INV_IP6_EXTHDR);
+	}
+	return parse_fail(pkt, CT_INV_IP6_EXTHDR);
+}
+
+/* The flag sets the kernel's TCP tracker accepts (tcp_valid_flags), once
+ * PSH, ECE and CWR are masked off. Bit n of the mask stands for flags == n. */
+#define CT_TCP_VALID_FLAGS_MASK                                             \
+	((1ULL << TCPF_SYN) | (1ULL << (TCPF_SYN | TCPF_URG)) |              \
+	 (1ULL << (TCPF_SYN | TCPF_ACK)) | (1ULL << TCPF_RST) |              \
+	 (1ULL << (TCPF_RST | TCPF_ACK)) | (1ULL << (TCPF_FIN | TCPF_ACK)) | \
+	 (1ULL << (TCPF_FIN | TCPF_ACK | TCPF_URG)) | (1ULL << TCPF_ACK) |    \
+	 (1ULL << (TCPF_ACK | TCPF_URG)))
+
+static __always_inline int tcp_flags_are_valid(__u8 flags)
+{
+	flags &= ~(TCPF_PSH | TCPF_ECE | TCPF_CWR);
+	return (CT_TCP_VALID_FLAGS_MASK >> flags) & 1;
+}
+
+static __always_inline int parse_tcp(struct ct_cursor *c, struct ct_pkt *pkt)
+{
+	struct tcphdr *th = c->pos;
+	__u32 doff;
+
+	if ((void *)(th + 1) > c->end || (void *)(th + 1) > c->l3_end)
+		return parse_fail(pkt, CT_INV_TRUNC_L4);
+	doff = th->doff * 4;
+	if (doff < sizeof(*th) || c->pos + doff > c->l3_end)
+		return parse_fail(pkt, CT_INV_TCP_DOFF);
+	pkt->tcp_flags = ((__u8 *)th)[13];
+	if (!tcp_flags_are_valid(pkt->tcp_flags))
+		return parse_fail(pkt, CT_INV_TCP_FLAGS);
+
+	pkt->t.sport = th->source;
+	pkt->t.dport = th->dest;
+	pkt->seq = bpf_ntohl(th->seq);
+	pkt->ack_seq = bpf_ntohl(th->ack_seq);
+	pkt->seg_len = (__u32)(c->l3_end - c->pos) - doff +
+		       !!(pkt->tcp_flags & TCPF_SYN) + !!(pkt->tcp_flags & TCPF_FIN);
+	return 0;
+}
+
+static __always_inline int parse_udp(struct ct_cursor *c, struct ct_pkt *pkt)
+{
+	struct udphdr *uh = c->pos;
+	__u32 ulen;
+
+	if ((void *)(uh + 1) > c->end || (void *)(uh + 1) > c->l3_end)
+		return parse_fail(pkt, CT_INV_TRUNC_L4);
+	ulen = bpf_ntohs(uh->len);
+	if (ulen < sizeof(*uh) || c->pos + ulen > c->l3_end)
+		return parse_fail(pkt, CT_INV_UDP_LEN);
+	pkt->t.sport = uh->source;
+	pkt->t.dport = uh->dest;
+	return 0;
+}
+
+/* ICMP query types: request -> reply type, or 0 when not a request. */
+static __always_inline __u8 icmp4_reply_of(__u8 type)
+{
+	switch (type) {
+	case 8:  return 0;   /* echo -> echo reply (0 is a valid reply type) */
+	case 13: return 14;  /* timestamp */
+	case 15: return 16;  /* information */
+	case 17: return 18;  /* address mask */
+	}
+	return 0xff;
+}
+
+static __always_inline __u8 icmp4_request_of(__u8 type)
+{
+	switch (type) {
+	case 0:  return 8;
+	case 14: return 13;
+	case 16: return 15;
+	case 18: return 17;
+	}
+	return 0xff;
+}
+
+static __always_inline __u8 icmp6_reply_of(__u8 type)
+{
+	switch (type) {
+	case 128: return 129; /* echo */
+	case 139: return 140; /* node information */
+	}
+	return 0xff;
+}
+
+static __always_inline __u8 icmp6_request_of(__u8 type)
+{
+	switch (type) {
+	case 129: return 128;
+	case 140: return 139;
+	}
+	return 0xff;
+}
+
+/**
+ * icmp_query_tuple - fill the ports of an ICMP query tuple.
+ * Returns 0 for a request, 1 for a reply, -1 for any other type.
+ */
+static __always_inline int icmp_query_tuple(struct ct_tuple *t, __u8 type, __u8 code,
+					    __u16 id, int v6)
+{
+	__u8 req;
+
+	if ((v6 ? icmp6_reply_of(type) : icmp4_reply_of(type)) != 0xff) {
+		t->sport = id;
+		t->dport = 0;
+		t->icmp_query = ((__u16)type << 8) | code;
+		return 0;
+	}
+	req = v6 ? icmp6_request_of(type) : icmp4_request_of(type);
+	if (req == 0xff)
+		return -1;
+	t->sport = 0;
+	t->dport = id;
+	t->icmp_query = ((__u16)req << 8) | code;
+	return 1;
+}
+
+static __always_inline int icmp4_is_error(__u8 type)
+{
+	return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+/* ICMPv6 types that never belong to a connection (kernel: noct_valid_new):
+ * MLD and neighbour discovery. */
+static __always_inline int icmp6_is_untracked(__u8 type)
+{
+	return (type >= 130 && type <= 136) || type == 143;
+}
+
+/**
+ * parse_inner - the packet embedded in an ICMP error: its IP header and the
+ * first 8 bytes of its L4 header, the most an error is guaranteed to carry.
+ */
+static __always_inline int parse_inner(struct ct_cursor *c, struct ct_pkt *pkt, int v6)
+{
+	struct ct_tuple *in = &pkt->inner;
+	__u8 *l4;
+
+	if (!v6) {
+		struct iphdr *iph = c->pos;
+
+		if ((void *)(iph + 1) > c->end || (void *)(iph + 1) > c->l3_end)
+			return parse_fail(pkt, CT_INV_ICMP_INNER);
+		if (iph->version != 4 || iph->ihl < 5)
+			return parse_fail(pkt, CT_INV_ICMP_INNER);
+		in->family = CT_FAMILY_IPV4;
+		in->proto = iph->protocol;
+		in->saddr[0] = iph->saddr;
+		in->daddr[0] = iph->daddr;
+		c->pos += iph->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6h = c->pos;
+
+		if ((void *)(ip6h + 1) > c->end || (void *)(ip6h + 1) > c->l3_end)
+			return parse_fail(pkt, CT_INV_ICMP_INNER);
+		in->family = CT_FAMILY_IPV6;
+		in->proto = ip6h->nexthdr;
+		__builtin_memcpy(in->saddr, &ip6h->saddr, 16);
+		__builtin_memcpy(in->daddr, &ip6h->daddr, 16);
+		c->pos = ip6h + 1;
+	}
+
+	l4 = c->pos;
+	if (in->proto == IPPROTO_TCP || in->proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 8) > c->end || (void *)(l4 + 8) > c->l3_end)
+			return parse_fail(pkt, CT_INV_ICMP_INNER);
+		in->sport = *(__u16 *)l4;
+		in->dport = *(__u16 *)(l4 + 2);
+	} else if ((!v6 && in->proto == IPPROTO_ICMP) ||
+		   (v6 && in->proto == IPPROTO_ICMPV6)) {
+		if ((void *)(l4 + 8) > c->end || (void *)(l4 + 8) > c->l3_end)
+			return parse_fail(pkt, CT_INV_ICMP_INNER);
+		/* An error about an error, or about a type that is no query,
+		 * relates to nothing. */
+		if (icmp_query_tuple(in, l4[0], l4[1], *(__u16 *)(l4 + 4), v6) < 0)
+			return parse_fail(pkt, CT_INV_ICMP_INNER);
+	}
+	return 0;
+}
+
+static __always_inline int parse_icmp(struct ct_cursor *c, struct ct_pkt *pkt, int v6)
+{
+	__u8 *ih = c->pos;
+	__u8 type, code;
+	int ret;
+
+	if ((void *)(ih + 8) > c->end || (void *)(ih + 8) > c->l3_end)
+		return parse_fail(pkt, CT_INV_TRUNC_L4);
+	type = ih[0];
+	code = ih[1];
+
+	if (v6 ? type < 128 : icmp4_is_error(type)) {
+		pkt->kind = CT_KIND_ICMP_ERROR;
+		c->pos = ih + 8;
+		return parse_inner(c, pkt, v6);
+	}
+	if (v6 && icmp6_is_untracked(type)) {
+		pkt->kind = CT_KIND_UNTRACKED;
+		return 0;
+	}
+	ret = icmp_query_tuple(&pkt->t, type, code, *(__u16 *)(ih + 4), v6);
+	if (ret < 0)
+		return parse_fail(pkt, CT_INV_ICMP_TYPE);
+	pkt->icmp_reply = ret;
+	return 0;
+}
+
+/**
+ * parse_packet - parse a frame into pkt. Returns 0 when pkt->kind says what
+ * to do with it, -1 when it is INVALID (pkt->reason says why).
+ */
+static __always_inline int parse_packet(void *data, void *data_end, struct ct_pkt *pkt)
+{
+	struct ct_cursor c = { .pos = data, .end = data_end, .l3_end = data_end };
+	__u16 eth_proto;
+	int v6;
+
+	if (parse_eth(&c, pkt, &eth_proto))
+		return -1;
+	if (eth_proto == ETH_P_IP_BE) {
+		if (parse_ipv4(&c, pkt))
+			return -1;
+		v6 = 0;
+	} else if (eth_proto == ETH_P_IPV6_BE) {
+		if (parse_ipv6(&c, pkt))
+			return -1;
+		v6 = 1;
+	} else {
+		pkt->kind = CT_KIND_NON_IP;
+		return 0;
+	}
+	if (pkt->kind == CT_KIND_UNTRACKED)
+		return 0;
+
+	switch (pkt->t.proto) {
+	case IPPROTO_TCP:
+		return parse_tcp(&c, pkt);
+	case IPPROTO_UDP:
+		return parse_udp(&c, pkt);
+	case IPPROTO_ICMP:
+		return v6 ? 0 : parse_icmp(&c, pkt, 0);
+	case IPPROTO_ICMPV6:
+		return v6 ? parse_icmp(&c, pkt, 1) : 0;
+	}
+	return 0; /* generic: addresses and protocol only */
+}
+
+#endif /* CTBPF_PARSE_H */
