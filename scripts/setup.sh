@@ -10,7 +10,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
 SYS_PYTHON=/usr/bin/python3
 
-PACKAGES=(python3-bpfcc bpftool iproute2 nftables conntrack python3-venv
+PACKAGES=(python3-bpfcc iputils-ping bpftool iproute2 nftables conntrack python3-venv
           python3-pip make hping3 tcpdump procps ethtool kmod)
 PACKAGE_LIST="${PACKAGES[*]}"   # before any kernel-headers package is added
 

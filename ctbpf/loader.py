@@ -1,0 +1,294 @@
+"""Compile, load, pin, attach and detach the datapath.
+
+`Datapath` is a context manager: whatever it attached is detached on exit,
+whatever the exit (BCC's own cleanup detaches neither XDP nor TC). Maps are
+pinned in the pin directory; a tracker started again on the same directory
+reuses them, after checking their layout version and sizes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import abi, bpfsys, tunables
+from .errors import CtbpfError, UsageError
+from .paths import BPF_DIR
+from .pins import MAP_NAMES
+
+log = logging.getLogger(__name__)
+
+MAIN_SOURCE = BPF_DIR / "ctbpf.c"
+XDP_FUNC = "ctbpf_xdp"
+TC_EGRESS_FUNC = "ctbpf_tc_egress"
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+# Our filter's priority on clsact egress, so that detaching removes ours only.
+TC_PRIO = 0xC7B
+TC_EGRESS_PARENT = 0xFFFFFFF3
+
+MIN_ENTRIES, MAX_ENTRIES = 16, 1 << 26
+
+_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
+
+
+def program_source(path: Path = MAIN_SOURCE) -> str:
+    """The program as one text: BCC rewrites map calls (`ct_new.lookup()`)
+    only in the main file, so our own headers are inlined into it."""
+    out = []
+    for line in path.read_text().splitlines(keepends=True):
+        m = _INCLUDE.match(line)
+        out.append(program_source(path.parent / m.group(1)) if m else line)
+    return "".join(out)
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: PLC0415 - optional at import time of the package
+    except ImportError as e:
+        raise CtbpfError("BCC is missing: install Debian's python3-bpfcc and use a venv made "
+                         "with --system-site-packages (make setup does both)") from e
+    return bcc
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise CtbpfError(f"{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")
+
+
+def ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise UsageError(f"unknown interface {name!r} in this network namespace") from None
+
+
+def _xdp_prog_id(index: int) -> int:
+    """The id of the XDP program attached to an interface, 0 if none."""
+    from pyroute2 import IPRoute  # noqa: PLC0415
+
+    with IPRoute() as ipr:
+        link = ipr.get_links(index)[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if not xdp:
+        return 0
+    return xdp.get_attr("IFLA_XDP_PROG_ID") or 0
+
+
+def check_pinned(pin_dir: Path, max_entries: int) -> bool:
+    """Check maps already pinned in pin_dir against this build. Returns True
+    when they exist and will be reused; raises when they cannot be."""
+    present = [name for name in MAP_NAMES if (pin_dir / name).exists()]
+    if not present:
+        return False
+    expect = {"ct_new": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry), max_entries),
+              "ct_assured": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry), max_entries),
+              "ct_config": (4, ctypes.sizeof(abi.CtConfig), 1),
+              "ct_stats": (4, ctypes.sizeof(abi.CtCounters), 1)}
+    if "ct_config" in present:
+        version = read_config(pin_dir).value[abi.const("CT_CFG_LAYOUT_VERSION")]
+        if version != abi.LAYOUT_VERSION:
+            raise CtbpfError(f"maps pinned in {pin_dir} have layout version {version}, this "
+                             f"build uses {abi.LAYOUT_VERSION}: they cannot be reused; move "
+                             f"them away or remove them to start empty")
+    for name in present:
+        fd = bpfsys.obj_get(str(pin_dir / name))
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        key_size, value_size, entries = expect[name]
+        if (info.key_size, info.value_size) != (key_size, value_size):
+            raise CtbpfError(f"{pin_dir / name} holds {info.key_size}/{info.value_size}-byte "
+                             f"keys/values, this build needs {key_size}/{value_size}")
+        if info.max_entries != entries:
+            raise CtbpfError(f"{pin_dir / name} was created for {info.max_entries} entries, "
+                             f"not {entries}: start with --max {info.max_entries} to keep "
+                             f"its flows")
+    return True
+
+
+def read_config(pin_dir: Path):
+    cfg = abi.CtConfig()
+    fd = bpfsys.obj_get(str(pin_dir / "ct_config"))
+    try:
+        bpfsys.lookup(fd, ctypes.c_uint32(0), cfg)
+    finally:
+        os.close(fd)
+    return cfg
+
+
+def write_config(pin_dir: Path, values: dict[str, int]) -> None:
+    cfg = tunables.to_config(values)
+    fd = bpfsys.obj_get(str(pin_dir / "ct_config"))
+    try:
+        bpfsys.update(fd, ctypes.c_uint32(0), cfg)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Attachment:
+    ifname: str
+    index: int
+    kind: str            # "xdp" or "tc-egress"
+    flags: int = 0
+    created_clsact: bool = False
+
+
+@dataclass
+class Datapath:
+    """The loaded programs and their pinned maps."""
+
+    pin_dir: Path
+    max_entries: int = 65536
+    _bpf: object = None
+    _funcs: dict = field(default_factory=dict)
+    _attached: list = field(default_factory=list)
+    reused: bool = False
+
+    def load(self, values: dict[str, int] | None = None) -> "Datapath":
+        """Compile and load the programs; create or reuse the pinned maps.
+        Tunables are written when the maps are new, or when values are given."""
+        if not MIN_ENTRIES <= self.max_entries <= MAX_ENTRIES:
+            raise UsageError(f"max: {self.max_entries} is out of range "
+                             f"[{MIN_ENTRIES}, {MAX_ENTRIES}]")
+        bcc = _import_bcc()
+        try:
+            self.pin_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CtbpfError(f"pin dir {self.pin_dir}: {e.strerror}") from None
+        self.reused = check_pinned(self.pin_dir, self.max_entries)
+        cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_MAX_ENTRIES={self.max_entries}",
+                  "-Wno-unused-function"]
+        try:
+            self._bpf = bcc.BPF(text=program_source(), cflags=cflags)
+            for name, kind in ((XDP_FUNC, bcc.BPF.XDP), (TC_EGRESS_FUNC, bcc.BPF.SCHED_CLS)):
+                self._funcs[name] = self._bpf.load_func(name, kind)
+        except Exception as e:  # BCC raises bare Exception for every failure
+            raise CtbpfError(f"cannot load the BPF datapath: {str(e).splitlines()[0]} "
+                             f"(needs root, a kernel with BPF and BTF, and kernel headers; "
+                             f"`make setup` installs them)") from None
+        if not self.reused or values is not None:
+            current = tunables.defaults()
+            if self.reused:
+                current = tunables.from_config(read_config(self.pin_dir))
+            current.update(values or {})
+            write_config(self.pin_dir, current)
+        log.info("datapath loaded, maps %s in %s", "reused" if self.reused else "pinned",
+                 self.pin_dir)
+        return self
+
+    def prog_fd(self, name: str = XDP_FUNC) -> int:
+        return self._funcs[name].fd
+
+    def attach_xdp(self, ifname: str, mode: str = "auto") -> str:
+        """Attach the XDP program; returns the mode used (native or generic)."""
+        index = ifindex(ifname)
+        prog_id = _xdp_prog_id(index)
+        if prog_id:
+            raise CtbpfError(f"{ifname} already carries an XDP program (id {prog_id}); "
+                             f"detach it first (ip link set dev {ifname} xdp off)")
+        modes = ["native", "generic"] if mode == "auto" else [mode]
+        if mode not in ("auto", *XDP_MODES):
+            raise UsageError(f"xdp mode {mode!r}: use auto, native or generic")
+        last_error = ""
+        for m in modes:
+            flags = XDP_MODES[m]
+            try:
+                self._bpf.attach_xdp(ifname, self._funcs[XDP_FUNC],
+                                     flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+            except Exception as e:  # BCC: bare Exception
+                last_error = str(e).splitlines()[0]
+                log.info("XDP %s mode on %s failed: %s", m, ifname, last_error)
+                continue
+            self._attached.append(_Attachment(ifname, index, "xdp", flags))
+            log.info("XDP attached to %s in %s mode", ifname, m)
+            return m
+        raise CtbpfError(f"cannot attach XDP to {ifname}: {last_error}")
+
+    def attach_tc_egress(self, ifname: str) -> None:
+        """Track what the host itself sends through ifname (TC clsact egress)."""
+        from pyroute2 import IPRoute  # noqa: PLC0415
+        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
+        index = ifindex(ifname)
+        fn = self._funcs[TC_EGRESS_FUNC]
+        created = False
+        with IPRoute() as ipr:
+            try:
+                ipr.tc("add", "clsact", index)
+                created = True
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise CtbpfError(f"cannot add clsact to {ifname}: {e}") from None
+            try:
+                ipr.tc("add-filter", "bpf", index, ":1", fd=fn.fd, name=fn.name,
+                       parent=TC_EGRESS_PARENT, classid=1, direct_action=True, prio=TC_PRIO)
+            except NetlinkError as e:
+                if created:
+                    ipr.tc("del", "clsact", index)
+                raise CtbpfError(f"cannot attach TC egress to {ifname}: {e}") from None
+        self._attached.append(_Attachment(ifname, index, "tc-egress", created_clsact=created))
+        log.info("TC egress attached to %s", ifname)
+
+    def attachments(self) -> list[tuple[str, str]]:
+        return [(a.ifname, a.kind) for a in self._attached]
+
+    def detach_all(self) -> None:
+        """Detach everything this instance attached; never raises."""
+        while self._attached:
+            a = self._attached.pop()
+            try:
+                if a.kind == "xdp":
+                    self._bpf.remove_xdp(a.ifname, a.flags)
+                else:
+                    self._detach_tc(a)
+                log.info("%s detached from %s", a.kind, a.ifname)
+            except Exception as e:  # noqa: BLE001 - the interface may be gone already
+                log.warning("detaching %s from %s: %s", a.kind, a.ifname, e)
+
+    @staticmethod
+    def _detach_tc(a: _Attachment) -> None:
+        from pyroute2 import IPRoute  # noqa: PLC0415
+
+        with IPRoute() as ipr:
+            if a.created_clsact:
+                ipr.tc("del", "clsact", a.index)
+            else:
+                ipr.tc("del-filter", "bpf", a.index, ":1", parent=TC_EGRESS_PARENT, prio=TC_PRIO)
+
+    def close(self) -> None:
+        self.detach_all()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> "Datapath":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def remove_pins(pin_dir: Path) -> None:
+    """Unpin our maps and remove the directory if it is then empty."""
+    for name in MAP_NAMES:
+        try:
+            (pin_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+    try:
+        pin_dir.rmdir()
+    except OSError:
+        pass
