@@ -20,7 +20,7 @@ from pathlib import Path
 from . import abi, bpfsys, tunables
 from .errors import CtbpfError, UsageError
 from .paths import BPF_DIR
-from .pins import MAP_NAMES
+from .pins import MAP_NAMES, is_bpffs
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +168,16 @@ class Datapath:
             self.pin_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CtbpfError(f"pin dir {self.pin_dir}: {e.strerror}") from None
+        if not is_bpffs(self.pin_dir):
+            raise CtbpfError(f"pin dir {self.pin_dir} is not on a BPF filesystem "
+                             f"(mount one with `mount -t bpf bpf /sys/fs/bpf`)")
         self.reused = check_pinned(self.pin_dir, self.max_entries)
         cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_MAX_ENTRIES={self.max_entries}",
                   "-Wno-unused-function"]
         try:
-            self._bpf = bcc.BPF(text=program_source(), cflags=cflags)
+            self._bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
             for name, kind in ((XDP_FUNC, bcc.BPF.XDP), (TC_EGRESS_FUNC, bcc.BPF.SCHED_CLS)):
-                self._funcs[name] = self._bpf.load_func(name, kind)
+                self._funcs[name] = self._bpf.load_func(name.encode(), kind)
         except Exception as e:  # BCC raises bare Exception for every failure
             raise CtbpfError(f"cannot load the BPF datapath: {str(e).splitlines()[0]} "
                              f"(needs root, a kernel with BPF and BTF, and kernel headers; "
