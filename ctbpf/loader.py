@@ -164,13 +164,14 @@ class Datapath:
             raise UsageError(f"max: {self.max_entries} is out of range "
                              f"[{MIN_ENTRIES}, {MAX_ENTRIES}]")
         bcc = _import_bcc()
-        try:
-            self.pin_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CtbpfError(f"pin dir {self.pin_dir}: {e.strerror}") from None
-        if not is_bpffs(self.pin_dir):
+        where = self.pin_dir if self.pin_dir.exists() else self.pin_dir.parent
+        if not is_bpffs(where):
             raise CtbpfError(f"pin dir {self.pin_dir} is not on a BPF filesystem "
                              f"(mount one with `mount -t bpf bpf /sys/fs/bpf`)")
+        try:
+            self.pin_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise CtbpfError(f"pin dir {self.pin_dir}: {e.strerror}") from None
         self.reused = check_pinned(self.pin_dir, self.max_entries)
         cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_MAX_ENTRIES={self.max_entries}",
                   "-Wno-unused-function"]
