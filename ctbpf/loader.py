@@ -160,10 +160,10 @@ class Datapath:
     def load(self, values: dict[str, int] | None = None) -> "Datapath":
         """Compile and load the programs; create or reuse the pinned maps.
         Tunables are written when the maps are new, or when values are given."""
+        bcc = _import_bcc()
         if not MIN_ENTRIES <= self.max_entries <= MAX_ENTRIES:
             raise UsageError(f"max: {self.max_entries} is out of range "
                              f"[{MIN_ENTRIES}, {MAX_ENTRIES}]")
-        bcc = _import_bcc()
         where = self.pin_dir if self.pin_dir.exists() else self.pin_dir.parent
         if not is_bpffs(where):
             raise CtbpfError(f"pin dir {self.pin_dir} is not on a BPF filesystem "
