@@ -152,9 +152,10 @@ enum ct_cfg {
  * Flow key, the same for both directions: the (address, port) pair that
  * compares lower goes in the *_lo fields. Addresses and ports are in network
  * byte order, exactly as on the wire; an IPv4 address sits in word 0 with
- * words 1-3 zero. For ICMP/ICMPv6 queries both ports hold the query id and
- * icmp_query holds (request type << 8 | code), so echo and timestamp
- * queries with the same id stay apart.
+ * words 1-3 zero. For ICMP/ICMPv6 queries the requester's port holds the
+ * query id and the responder's its complement, and icmp_query holds
+ * (request type << 8 | code), so echo and timestamp queries with the same id
+ * stay apart.
  */
 struct ct_key {
 	__u32 addr_lo[4];

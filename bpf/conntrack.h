@@ -234,8 +234,11 @@ static __always_inline int ct_process(void *data, void *data_end)
 	if (!st || !cfg)
 		return CT_PKT_NONE; /* cannot happen: array elements always exist */
 
-	if (parse_packet(data, data_end, &pkt))
+	if (parse_packet(data, data_end, &pkt)) {
+		if (pkt.reason == CT_INV_ICMP_INNER)
+			ct_count(st, CT_STAT_ICMP_ERROR); /* examined, found unusable */
 		return ct_invalid(st, pkt.reason);
+	}
 
 	switch (pkt.kind) {
 	case CT_KIND_NON_IP:

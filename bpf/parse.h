@@ -47,9 +47,9 @@ enum ct_pkt_kind {
 
 /* One direction of a flow as seen on the wire. Addresses and ports in
  * network byte order. ICMP queries: the requester's port holds the query id
- * and the responder's port is 0, so a request and its reply form the same
- * flow while a request in the other direction forms another, as in the
- * kernel's ICMP tuples. */
+ * and the responder's its complement (never equal to it), so a request and
+ * its reply form one flow while a request the other way, even with the
+ * same id, forms another, as the kernel's ICMP tuples do. */
 struct ct_tuple {
 	__u32 saddr[4];
 	__u32 daddr[4];
@@ -77,6 +77,7 @@ struct ct_cursor {
 	void *pos;
 	void *end;   /* data_end */
 	void *l3_end; /* end of the IP datagram as its header announces */
+	int first_fragment; /* L4 lengths may exceed l3_end: they describe the reassembled datagram */
 };
 
 static __always_inline int parse_fail(struct ct_pkt *pkt, __u8 reason)
@@ -150,6 +151,8 @@ static __always_inline int parse_ipv4(struct ct_cursor *c, struct ct_pkt *pkt)
 	 * is tracked by the L4 header it carries. */
 	if (iph->frag_off & IP_OFFSET_BE)
 		pkt->kind = CT_KIND_UNTRACKED;
+	else if (iph->frag_off & IP_MF_BE)
+		c->first_fragment = 1;
 	return 0;
 }
 
@@ -180,8 +183,9 @@ static __always_inline int parse_ipv6(struct ct_cursor *c, struct ct_pkt *pkt)
 	c->pos = ip6h + 1;
 	nexthdr = ip6h->nexthdr;
 
+	/* One pass per extension header, and one more to reach the L4 header. */
 #pragma unroll
-	for (int i = 0; i < CT_MAX_IP6_EXTHDRS; i++) {
+	for (int i = 0; i < CT_MAX_IP6_EXTHDRS + 1; i++) {
 		struct ipv6_opt_hdr *oh = c->pos;
 		__u32 len;
 
@@ -191,6 +195,8 @@ static __always_inline int parse_ipv6(struct ct_cursor *c, struct ct_pkt *pkt)
 			pkt->t.proto = nexthdr;
 			return 0;
 		}
+		if (i == CT_MAX_IP6_EXTHDRS)
+			break;
 		if ((void *)(oh + 1) > c->end || (void *)(oh + 1) > c->l3_end)
 			return parse_fail(pkt, CT_INV_IP6_EXTHDR);
 		if (nexthdr == NEXTHDR_FRAGMENT) {
@@ -204,6 +210,7 @@ static __always_inline int parse_ipv6(struct ct_cursor *c, struct ct_pkt *pkt)
 				pkt->kind = CT_KIND_UNTRACKED;
 				return 0;
 			}
+			c->first_fragment = 1;
 			len = sizeof(*fh);
 		} else if (nexthdr == NEXTHDR_AUTH) {
 			len = (oh->hdrlen + 2) * 4;
@@ -264,7 +271,7 @@ static __always_inline int parse_udp(struct ct_cursor *c, struct ct_pkt *pkt)
 	if ((void *)(uh + 1) > c->end || (void *)(uh + 1) > c->l3_end)
 		return parse_fail(pkt, CT_INV_TRUNC_L4);
 	ulen = bpf_ntohs(uh->len);
-	if (ulen < sizeof(*uh) || c->pos + ulen > c->l3_end)
+	if (ulen < sizeof(*uh) || (!c->first_fragment && c->pos + ulen > c->l3_end))
 		return parse_fail(pkt, CT_INV_UDP_LEN);
 	pkt->t.sport = uh->source;
 	pkt->t.dport = uh->dest;
@@ -323,14 +330,14 @@ static __always_inline int icmp_query_tuple(struct ct_tuple *t, __u8 type, __u8 
 
 	if ((v6 ? icmp6_reply_of(type) : icmp4_reply_of(type)) != 0xff) {
 		t->sport = id;
-		t->dport = 0;
+		t->dport = ~id;
 		t->icmp_query = ((__u16)type << 8) | code;
 		return 0;
 	}
 	req = v6 ? icmp6_request_of(type) : icmp4_request_of(type);
 	if (req == 0xff)
 		return -1;
-	t->sport = 0;
+	t->sport = ~id;
 	t->dport = id;
 	t->icmp_query = ((__u16)req << 8) | code;
 	return 1;
@@ -350,7 +357,7 @@ static __always_inline int icmp6_is_untracked(__u8 type)
 
 /**
  * parse_inner - the packet embedded in an ICMP error: its IP header and the
- * first 8 bytes of its L4 header, the most an error is guaranteed to carry.
+ * start of its L4 header (ports, or an ICMP query's type, code and id).
  */
 static __always_inline int parse_inner(struct ct_cursor *c, struct ct_pkt *pkt, int v6)
 {
@@ -383,7 +390,8 @@ static __always_inline int parse_inner(struct ct_cursor *c, struct ct_pkt *pkt, 
 
 	l4 = c->pos;
 	if (in->proto == IPPROTO_TCP || in->proto == IPPROTO_UDP) {
-		if ((void *)(l4 + 8) > c->end || (void *)(l4 + 8) > c->l3_end)
+		/* The ports are all the tuple needs, as for the kernel. */
+		if ((void *)(l4 + 4) > c->end || (void *)(l4 + 4) > c->l3_end)
 			return parse_fail(pkt, CT_INV_ICMP_INNER);
 		in->sport = *(__u16 *)l4;
 		in->dport = *(__u16 *)(l4 + 2);

@@ -25,7 +25,8 @@ def _port(port: int) -> int:
 def key_from_tuple(src: str, dst: str, proto: int, sport: int = 0, dport: int = 0,
                    icmp_query: int = 0):
     """(CtKey, src_is_hi) for a packet from src to dst. For ICMP queries pass
-    the requester's port as the id and the responder's as 0 (see parse.h)."""
+    the requester's port as the id and the responder's as its complement
+    (id ^ 0xffff), as bpf/parse.h does."""
     fam, s = _words(src)
     fam_d, d = _words(dst)
     if fam != fam_d:

@@ -52,7 +52,7 @@ def test_udp_icmp_and_generic_lines():
     udp = flow("10.0.0.1", "10.0.0.2", 17, 5000, 53, seconds_left=29.5)
     assert formats.proc_line(udp) == ("udp      17 29 src=10.0.0.1 dst=10.0.0.2 sport=5000 dport=53 "
                                       "[UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=53 dport=5000 use=1")
-    icmp = flow("10.0.0.1", "10.0.0.2", 1, 77, 0, icmp_query=8 << 8, seconds_left=30,
+    icmp = flow("10.0.0.1", "10.0.0.2", 1, 77, 77 ^ 0xFFFF, icmp_query=8 << 8, seconds_left=30,
                 flags=("SEEN_REPLY",))
     assert formats.proc_line(icmp) == ("icmp     1 30 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=77 "
                                        "src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=77 use=1")
@@ -62,7 +62,7 @@ def test_udp_icmp_and_generic_lines():
 
 
 def test_icmpv6_reply_type():
-    f = flow("fd00::1", "fd00::2", 58, 9, 0, icmp_query=128 << 8, seconds_left=30)
+    f = flow("fd00::1", "fd00::2", 58, 9, 9 ^ 0xFFFF, icmp_query=128 << 8, seconds_left=30)
     assert (f.orig.type, f.reply.type, f.orig.id) == (128, 129, 9)
 
 
