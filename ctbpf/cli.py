@@ -4,6 +4,7 @@ line and an exit code (0 ok, 1 failure, 2 usage), like conntrack-tools."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -123,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except PermissionError as e:
+        print(f"ctbpf: error: {e.strerror.lower()} on {e.filename}: ctbpf needs root "
+              f"(CAP_BPF) to read the maps", file=sys.stderr)
+        return 1
     except OSError as e:
-        print(f"ctbpf: error: {e}", file=sys.stderr)
+        if e.errno in (errno.EPERM, errno.EACCES):
+            print(f"ctbpf: error: {e.strerror}: ctbpf needs root (CAP_BPF)", file=sys.stderr)
+        else:
+            print(f"ctbpf: error: {e}", file=sys.stderr)
         return 1
 
 

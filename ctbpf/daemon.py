@@ -40,7 +40,7 @@ def run(args) -> int:
                 if args.egress:
                     dp.attach_tc_egress(name)
             print(f"ctbpf: tracking on {', '.join(modes)}{' with egress' if args.egress else ''}; "
-                  f"maps in {pin_dir}", flush=True)
+                  f"maps in {pins.display(pin_dir)}", flush=True)
             while not stop.wait(1.0):
                 pass
             log.info("signal %s: detaching", received[0] if received else "?")

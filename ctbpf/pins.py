@@ -122,10 +122,18 @@ def resolve(pin_dir: str | None, mount: bool = False) -> Path:
     return path
 
 
+def display(path: Path) -> str:
+    """The path as users know it: /sys/fs/bpf/..., not /proc/PID/root/..."""
+    parts = path.parts
+    if len(parts) > 4 and parts[1] == "proc" and parts[3] == "root":
+        return "/" + "/".join(parts[4:])
+    return str(path)
+
+
 def require_existing(path: Path) -> Path:
     """For readers: the directory must hold a running tracker's maps."""
     missing = [name for name in MAP_NAMES if not (path / name).exists()]
     if missing:
-        raise CtbpfError(f"no ctbpf maps in {path} (is `ctbpf run` running in this network "
+        raise CtbpfError(f"no ctbpf maps in {display(path)} (is `ctbpf run` running in this network "
                          f"namespace? missing: {', '.join(missing)})")
     return path

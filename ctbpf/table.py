@@ -117,10 +117,10 @@ def read_raw(pin_dir: Path, table: str) -> tuple[bytes, bytes, int]:
 def read_flows(pin_dir: Path, include_expired: bool = False) -> list[Flow]:
     """Every live flow of both tables. An expired entry that no sweep has
     reclaimed yet counts as absent, as it does for the datapath."""
-    now = time.monotonic_ns()
+    raw = {table: read_raw(pin_dir, table) for table in TABLES}
+    now = time.monotonic_ns()  # after the read: no timeout shows more than it has left
     flows = []
-    for table in TABLES:
-        keys, values, count = read_raw(pin_dir, table)
+    for table, (keys, values, count) in raw.items():
         for i in range(count):
             key = abi.CtKey.from_buffer_copy(keys, i * KEY_SIZE)
             entry = abi.CtEntry.from_buffer_copy(values, i * ENTRY_SIZE)
