@@ -85,7 +85,7 @@ enum ct_invalid_reason {
 	CT_INV_TRUNC_IP = 2,      /* IPv4/IPv6 fixed header truncated */
 	CT_INV_IP_HDR = 3,        /* IPv4 IHL < 5 or version mismatch */
 	CT_INV_IP_LEN = 4,        /* IP total/payload length lies about the frame */
-	CT_INV_IP6_EXTHDR = 5,    /* IPv6 extension header chain truncated or too long */
+	CT_INV_IP6_EXTHDR = 5,    /* IPv6 extension header chain truncated, too long, or with no next header */
 	CT_INV_TRUNC_L4 = 6,      /* TCP/UDP/ICMP header truncated */
 	CT_INV_TCP_DOFF = 7,      /* TCP data offset < 5 or beyond the packet */
 	CT_INV_TCP_FLAGS = 8,     /* impossible TCP flag combination */

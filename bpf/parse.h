@@ -24,6 +24,7 @@
 #define NEXTHDR_ROUTING  43
 #define NEXTHDR_FRAGMENT 44
 #define NEXTHDR_AUTH     51
+#define NEXTHDR_NONE     59
 #define NEXTHDR_DEST     60
 
 /* TCP flag bits in byte 13 of the header. */
@@ -189,6 +190,9 @@ static __always_inline int parse_ipv6(struct ct_cursor *c, struct ct_pkt *pkt)
 		struct ipv6_opt_hdr *oh = c->pos;
 		__u32 len;
 
+		/* "No next header": no transport to track, INVALID for the kernel too. */
+		if (nexthdr == NEXTHDR_NONE)
+			return parse_fail(pkt, CT_INV_IP6_EXTHDR);
 		if (nexthdr != NEXTHDR_HOP && nexthdr != NEXTHDR_ROUTING &&
 		    nexthdr != NEXTHDR_DEST && nexthdr != NEXTHDR_FRAGMENT &&
 		    nexthdr != NEXTHDR_AUTH) {
