@@ -1,49 +1,146 @@
-"""`ctbpf run`: load, attach, pin, then wait in the foreground until told
-to stop, and detach cleanly whatever stops it."""
+"""`ctbpf run`: load, attach, pin, then run the control plane in the
+foreground until told to stop, and detach cleanly whatever stops it.
+
+The control plane is a set of services (sweeper, event relay, ...), each a
+small object with start(daemon), a due() time, run_once(now) and stop().
+The daemon's loop runs whichever is due and sleeps until the next one; a
+signal only sets a flag, so handlers never race the services.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 from . import pins
+from .errors import CtbpfError, UsageError
 from .loader import Datapath, ifindex, require_root
 
 log = logging.getLogger(__name__)
 
+RUN_ROOT = Path("/run/ctbpf")
+
+
+class Service(Protocol):
+    name: str
+
+    def start(self, daemon: "Daemon") -> None: ...
+
+    def due(self) -> float:
+        """Monotonic time at which run_once wants to be called next."""
+
+    def run_once(self, now: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run_dir(netns: str | None = None) -> Path:
+    """Where a daemon of this network namespace keeps its status file and
+    sockets (plain files cannot live on bpffs)."""
+    name = pins.netns_name() if netns is None else netns
+    return RUN_ROOT / (name or "host")
+
+
+@dataclass
+class Daemon:
+    args: object
+    pin_dir: Path
+    datapath: Datapath | None = None
+    services: list = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    reload_requested: threading.Event = field(default_factory=threading.Event)
+    stop_event_wakeup: threading.Event = field(default_factory=threading.Event)
+    reload_hooks: list = field(default_factory=list)   # callables run on SIGHUP
+    status: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir()
+
+    def add_service(self, service: Service) -> None:
+        self.services.append(service)
+
+    def write_status(self, **fields) -> None:
+        """daemon.json: what other ctbpf commands need to find this daemon."""
+        self.status.update(fields)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "daemon.json.tmp"
+        tmp.write_text(json.dumps(self.status, indent=1))
+        tmp.replace(self.run_dir / "daemon.json")
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested.set()
+        else:
+            self.status["stopped_by"] = signal.Signals(signum).name
+            self.stop_event.set()
+        self.stop_event_wakeup.set()
+
+    def loop(self) -> None:
+        while not self.stop_event.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                for hook in self.reload_hooks:
+                    try:
+                        hook()
+                    except CtbpfError as e:  # a bad reload keeps what runs
+                        print(f"ctbpf: reload refused: {e}", file=sys.stderr, flush=True)
+            now = time.monotonic()
+            for s in self.services:
+                if s.due() <= now:
+                    s.run_once(now)
+            next_due = min((s.due() for s in self.services), default=now + 1.0)
+            self.stop_event_wakeup.wait(max(0.0, min(next_due - time.monotonic(), 1.0)))
+            self.stop_event_wakeup.clear()
+
+
+def _check_ifaces(names: list[str]) -> None:
+    for name in names:  # fail before loading anything
+        ifindex(name)
+    if len(set(names)) != len(names):
+        raise UsageError("an interface is given twice with --iface")
+
 
 def run(args) -> int:
     require_root("ctbpf run")
-    for name in args.iface:  # fail before loading anything
-        ifindex(name)
-    if len(set(args.iface)) != len(args.iface):
-        from .errors import UsageError  # noqa: PLC0415
-
-        raise UsageError("an interface is given twice with --iface")
+    _check_ifaces(args.iface)
     pin_dir = pins.resolve(args.pin_dir, mount=True)
+    daemon = Daemon(args, pin_dir)
 
-    stop = threading.Event()
-    received = []
-
-    def on_signal(signum, _frame):
-        received.append(signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, daemon._on_signal) for s in handled}
     try:
         with Datapath(pin_dir, args.max).load() as dp:
+            daemon.datapath = dp
             modes = []
             for name in args.iface:
                 modes.append(f"{name} ({dp.attach_xdp(name, args.xdp_mode)})")
                 if args.egress:
                     dp.attach_tc_egress(name)
+            for service in daemon.services:
+                service.start(daemon)
+            daemon.write_status(pid=os.getpid(), pin_dir=str(pin_dir), ifaces=args.iface,
+                                egress=bool(args.egress), started=time.time())
             print(f"ctbpf: tracking on {', '.join(modes)}{' with egress' if args.egress else ''}; "
                   f"maps in {pins.display(pin_dir)}", flush=True)
-            while not stop.wait(1.0):
-                pass
-            log.info("signal %s: detaching", received[0] if received else "?")
+            try:
+                daemon.loop()
+            finally:
+                for service in reversed(daemon.services):
+                    service.stop()
+                try:
+                    (daemon.run_dir / "daemon.json").unlink()
+                except OSError:
+                    pass
+            log.info("%s: detaching", daemon.status.get("stopped_by", "stop"))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
