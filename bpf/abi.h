@@ -8,7 +8,7 @@
  * Keep to the restricted syntax that parser understands:
  *   #define NAME <integer>
  *   enum name { NAME = <integer>, ... };          (every value explicit)
- *   struct name { <__u8|__u16|__u32|__u64> field[N]; ... };
+ *   struct name { <__u8|__u16|__u32|__u64|struct earlier_struct> field[N]; ... };
  * Retired struct fields are renamed `retired_*` and kept, never reused, so
  * maps pinned by an older build stay readable; any layout change bumps
  * CT_LAYOUT_VERSION.
@@ -117,6 +117,9 @@ enum ct_stat {
 	CT_STAT_ICMP_ERROR = 12,    /* ICMP errors examined (related or not) */
 	CT_STAT_FRAGMENT = 13,      /* non-first IP fragments (untracked) */
 	CT_STAT_IGNORED = 14,       /* TCP packets the table ignores (state unchanged) */
+	CT_STAT_SWEPT = 15,         /* expired entries deleted by the sweeper */
+	CT_STAT_EVENT_LOST = 16,    /* events the ring buffer had no room for */
+	CT_STAT_DEMOTE = 17,        /* ASSURED entries moved back to ct_new as they close */
 	CT_STAT_INVALID_BASE = 32,
 	CT_STAT_MAX = 48,
 };
@@ -144,6 +147,7 @@ enum ct_cfg {
 	CT_CFG_TCP_LOOSE = 17,
 	CT_CFG_TCP_BE_LIBERAL = 18,
 	CT_CFG_TCP_MAX_RETRANS = 19,
+	CT_CFG_EVENTS = 20,          /* 1: emit NEW/UPDATE/DESTROY events into ct_events */
 	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
 	CT_CFG_MAX = 32,
 };
@@ -181,6 +185,47 @@ struct ct_entry {
 	__u8 flags;         /* enum ct_entry_flag bits */
 	__u8 last_class;    /* TCP: enum ct_tcp_class of the last tracked segment */
 	__u8 last_dir;      /* TCP: enum ct_dir of the last tracked segment */
+};
+
+/* What an event reports, as `conntrack -E` does. */
+enum ct_event_type {
+	CT_EVENT_NEW = 1,
+	CT_EVENT_UPDATE = 2,   /* TCP state, [UNREPLIED] or [ASSURED] changed */
+	CT_EVENT_DESTROY = 3,
+};
+
+/* Why an entry was destroyed. */
+enum ct_destroy_reason {
+	CT_DESTROY_NONE = 0,
+	CT_DESTROY_EXPIRED = 1,   /* timed out (found on lookup, or swept) */
+	CT_DESTROY_RST = 2,       /* a RST was the only reply */
+	CT_DESTROY_REOPEN = 3,    /* a SYN reopened the connection */
+	CT_DESTROY_USER = 4,      /* deleted by `ctbpf delete` / `flush` */
+};
+
+/* One record of the ct_events ring buffer. */
+struct ct_event {
+	__u64 timestamp_ns;  /* bpf_ktime_get_ns() */
+	struct ct_key key;
+	struct ct_entry entry;
+	__u8 type;           /* enum ct_event_type */
+	__u8 reason;         /* enum ct_destroy_reason */
+	__u8 pad[6];         /* explicit: the record is a multiple of 8 bytes */
+};
+
+/* Request of the sweep program, run through BPF_PROG_TEST_RUN: a header
+ * followed by `count` keys of `table`; each entry still expired when the
+ * program looks at it is deleted (DESTROY event, CT_STAT_SWEPT). */
+#define CT_SWEEP_BATCH 64
+
+enum ct_table_id {
+	CT_TABLE_NEW = 0,
+	CT_TABLE_ASSURED = 1,
+};
+
+struct ct_sweep_header {
+	__u32 table;   /* enum ct_table_id */
+	__u32 count;   /* keys that follow, at most CT_SWEEP_BATCH */
 };
 
 /* The single element of ct_config: live tunables indexed by enum ct_cfg. */

@@ -23,6 +23,12 @@
 #define CT_MAX_IP6_EXTHDRS 6
 #endif
 
+/* Bytes of the event ring buffer (a power of two, pages). At about 120 bytes
+ * an event, 1 MiB holds some 8,000 events between two reads. */
+#ifndef CT_EVENTS_BYTES
+#define CT_EVENTS_BYTES (1 << 20)
+#endif
+
 /* Where the maps are pinned; the loader always passes it. */
 #ifndef CT_PIN_DIR
 #define CT_PIN_DIR "/sys/fs/bpf/ctbpf"

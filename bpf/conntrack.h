@@ -23,12 +23,39 @@ static __always_inline int ct_invalid(struct ct_counters *st, __u8 reason)
 }
 
 /**
+ * ct_emit - report an event on a flow, when events are on. A full ring
+ * buffer loses the event (counted), never the packet.
+ */
+static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_counters *st,
+				    const struct ct_key *key, const struct ct_entry *e,
+				    __u8 type, __u8 reason)
+{
+	struct ct_event *ev;
+
+	if (!cfg->value[CT_CFG_EVENTS])
+		return;
+	ev = ct_events.ringbuf_reserve(sizeof(*ev));
+	if (!ev) {
+		ct_count(st, CT_STAT_EVENT_LOST);
+		return;
+	}
+	ev->timestamp_ns = bpf_ktime_get_ns();
+	__builtin_memcpy(&ev->key, key, sizeof(*key));
+	__builtin_memcpy(&ev->entry, e, sizeof(*e));
+	ev->type = type;
+	ev->reason = reason;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	ct_events.ringbuf_submit(ev, 0);
+}
+
+/**
  * ct_find - the live entry of a key, ASSURED table first so that established
  * traffic needs one lookup. An expired entry counts as absent and is removed
  * here; the sweeper only reclaims what no packet revisits.
  */
 static __always_inline struct ct_entry *ct_find(struct ct_key *key, __u64 now,
-						int *in_assured, struct ct_counters *st)
+						int *in_assured, const struct ct_config *cfg,
+						struct ct_counters *st)
 {
 	struct ct_entry *e = ct_assured.lookup(key);
 
@@ -37,6 +64,7 @@ static __always_inline struct ct_entry *ct_find(struct ct_key *key, __u64 now,
 			*in_assured = 1;
 			return e;
 		}
+		ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, CT_DESTROY_EXPIRED);
 		ct_assured.delete(key);
 		ct_count(st, CT_STAT_EXPIRED_SEEN);
 	}
@@ -46,6 +74,7 @@ static __always_inline struct ct_entry *ct_find(struct ct_key *key, __u64 now,
 			*in_assured = 0;
 			return e;
 		}
+		ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, CT_DESTROY_EXPIRED);
 		ct_new.delete(key);
 		ct_count(st, CT_STAT_EXPIRED_SEEN);
 	}
@@ -92,19 +121,34 @@ static __always_inline void ct_account(struct ct_entry *e, const struct ct_pkt *
 	}
 }
 
+/* TCP states in which the kernel may early-drop even an ASSURED flow. */
+static __always_inline int ct_is_closing(const struct ct_key *key, const struct ct_entry *e)
+{
+	return key->proto == IPPROTO_TCP && e->state >= CT_TCP_FIN_WAIT &&
+	       e->state <= CT_TCP_CLOSE;
+}
+
 /**
- * ct_promote - move an entry that just became ASSURED from ct_new to
- * ct_assured, where no flood of new flows can evict it.
+ * ct_move - put an entry in the table it belongs to: ct_assured once it is
+ * ASSURED (no flood of new flows can evict it there), back in ct_new when it
+ * starts closing (the kernel early-drops closing flows, ASSURED or not).
  *
- * Another CPU may update the ct_new copy between our copy and the delete;
- * the worst case is a lost packet count or a state change replayed by the
- * next packet, which is acceptable next to taking a lock per packet.
+ * Another CPU may update the old copy between our copy and the delete; the
+ * worst case is a lost packet count or a state change replayed by the next
+ * packet, which is acceptable next to taking a lock per packet.
  */
-static __always_inline void ct_promote(struct ct_key *key, struct ct_entry *e,
-				       struct ct_counters *st)
+static __always_inline void ct_move(struct ct_key *key, struct ct_entry *e, int in_assured,
+				    struct ct_counters *st)
 {
 	struct ct_entry copy = *e;
 
+	if (in_assured) {
+		if (ct_new.update(key, &copy) == 0) {
+			ct_assured.delete(key);
+			ct_count(st, CT_STAT_DEMOTE);
+		}
+		return;
+	}
 	if (ct_assured.update(key, &copy) == 0) {
 		ct_new.delete(key);
 		ct_count(st, CT_STAT_PROMOTE);
@@ -114,8 +158,11 @@ static __always_inline void ct_promote(struct ct_key *key, struct ct_entry *e,
 	}
 }
 
-static __always_inline void ct_remove(struct ct_key *key, int in_assured, struct ct_counters *st)
+static __always_inline void ct_remove(struct ct_key *key, struct ct_entry *e, int in_assured,
+				      __u8 reason, const struct ct_config *cfg,
+				      struct ct_counters *st)
 {
+	ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, reason);
 	if (in_assured)
 		ct_assured.delete(key);
 	else
@@ -152,6 +199,7 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		ct_count(st, CT_STAT_INSERT_FAILED);
 	} else {
 		ct_count(st, CT_STAT_INSERT);
+		ct_emit(cfg, st, key, &ne, CT_EVENT_NEW, CT_DESTROY_NONE);
 	}
 	ct_count(st, CT_STAT_PKT_NEW);
 	return CT_PKT_NEW;
@@ -164,8 +212,9 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 	int src_is_hi = flow_key_from_tuple(&pkt->t, &key);
 	__u64 now = bpf_ktime_get_ns();
 	int in_assured = 0;
-	struct ct_entry *e = ct_find(&key, now, &in_assured, st);
-	int dir, seen_reply, state;
+	struct ct_entry *e = ct_find(&key, now, &in_assured, cfg, st);
+	int dir, seen_reply, state, assured;
+	__u8 old_state, old_flags;
 
 	if (!e)
 		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
@@ -174,15 +223,17 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 	dir = flow_dir(e, src_is_hi);
 	seen_reply = e->flags & CT_F_SEEN_REPLY;
 	state = ct_known_state(dir, seen_reply);
+	old_state = e->state;
+	old_flags = e->flags;
 
 	switch (ct_track_proto(e, pkt, dir, cfg, now)) {
 	case CT_TRACK_INVALID:
 		return ct_invalid(st, pkt->reason);
 	case CT_TRACK_REOPEN:
-		ct_remove(&key, in_assured, st);
+		ct_remove(&key, e, in_assured, CT_DESTROY_REOPEN, cfg, st);
 		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
 	case CT_TRACK_DELETE:
-		ct_remove(&key, in_assured, st);
+		ct_remove(&key, e, in_assured, CT_DESTROY_RST, cfg, st);
 		break;
 	case CT_TRACK_KEEP:
 		ct_count(st, CT_STAT_IGNORED);
@@ -191,8 +242,12 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 		ct_account(e, pkt, dir);
 		if (dir == CT_DIR_REPLY && !seen_reply)
 			e->flags |= CT_F_SEEN_REPLY;
-		if (!in_assured && (e->flags & CT_F_ASSURED))
-			ct_promote(&key, e, st);
+		if (e->state != old_state ||
+		    ((e->flags ^ old_flags) & (CT_F_SEEN_REPLY | CT_F_ASSURED)))
+			ct_emit(cfg, st, &key, e, CT_EVENT_UPDATE, CT_DESTROY_NONE);
+		assured = (e->flags & CT_F_ASSURED) && !ct_is_closing(&key, e);
+		if (assured != in_assured)
+			ct_move(&key, e, in_assured, st);
 	}
 	ct_count(st, state == CT_PKT_NEW ? CT_STAT_PKT_NEW : CT_STAT_PKT_ESTABLISHED);
 	return state;
@@ -204,14 +259,15 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
  * (the kernel's anti-spoofing check); otherwise it is INVALID. Errors never
  * create or refresh entries.
  */
-static __always_inline int ct_track_icmp_error(struct ct_pkt *pkt, struct ct_counters *st)
+static __always_inline int ct_track_icmp_error(struct ct_pkt *pkt, const struct ct_config *cfg,
+					       struct ct_counters *st)
 {
 	struct ct_key key = {};
 	int in_assured = 0;
 
 	ct_count(st, CT_STAT_ICMP_ERROR);
 	flow_key_from_tuple(&pkt->inner, &key);
-	if (!ct_find(&key, bpf_ktime_get_ns(), &in_assured, st))
+	if (!ct_find(&key, bpf_ktime_get_ns(), &in_assured, cfg, st))
 		return ct_invalid(st, CT_INV_ICMP_NO_FLOW);
 	if (pkt->inner.family != pkt->t.family ||
 	    !flow_addr_equal(pkt->t.daddr, pkt->inner.saddr))
@@ -250,7 +306,7 @@ static __always_inline int ct_process(void *data, void *data_end)
 		ct_count(st, CT_STAT_PKT_UNTRACKED);
 		return CT_PKT_UNTRACKED;
 	case CT_KIND_ICMP_ERROR:
-		return ct_track_icmp_error(&pkt, st);
+		return ct_track_icmp_error(&pkt, cfg, st);
 	}
 	return ct_track_flow(&pkt, cfg, st);
 }

@@ -36,6 +36,7 @@ struct frag_hdr {
 #include "udp.h"
 #include "icmp.h"
 #include "conntrack.h"
+#include "sweep.h"
 
 /* Headers an ICMP error needs, at most: Ethernet, two VLAN tags, outer IPv6
  * with options, ICMP, inner IPv6, inner L4. */
@@ -45,6 +46,12 @@ int ctbpf_xdp(struct xdp_md *ctx)
 {
 	ct_process((void *)(long)ctx->data, (void *)(long)ctx->data_end);
 	return XDP_PASS; /* observe mode: never drop */
+}
+
+/* Not attached anywhere: the agent runs it through BPF_PROG_TEST_RUN. */
+int ctbpf_sweep(struct xdp_md *ctx)
+{
+	return sweep_batch((void *)(long)ctx->data, (void *)(long)ctx->data_end);
 }
 
 int ctbpf_tc_egress(struct __sk_buff *skb)

@@ -23,4 +23,19 @@ BPF_TABLE_PINNED("array", __u32, struct ct_config, ct_config, 1,
 BPF_TABLE_PINNED("percpu_array", __u32, struct ct_counters, ct_stats, 1,
 		 CT_PIN_DIR "/ct_stats");
 
+/* NEW / UPDATE / DESTROY events (struct ct_event) for the agent, which
+ * relays them to `ctbpf events`. BCC's BPF_RINGBUF_OUTPUT cannot pin, so the
+ * table is spelled out as that macro does, with a pinned section name. */
+struct ct_events_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	void *(*ringbuf_reserve)(u64);
+	void (*ringbuf_discard)(void *, u64);
+	void (*ringbuf_submit)(void *, u64);
+	u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" CT_PIN_DIR "/ct_events")))
+struct ct_events_table_t ct_events = { .max_entries = CT_EVENTS_BYTES };
+
 #endif /* CTBPF_MAPS_H */

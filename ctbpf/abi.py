@@ -28,7 +28,7 @@ _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _DEFINE = re.compile(r"^\s*#define\s+([A-Z_][A-Z0-9_]*)\s+(\(?-?(?:0x[0-9a-fA-F]+|\d+)\)?)\s*$", re.M)
 _ENUM = re.compile(r"\benum\s+(\w+)\s*\{(.*?)\}\s*;", re.S)
 _STRUCT = re.compile(r"\bstruct\s+(\w+)\s*\{(.*?)\}\s*;", re.S)
-_FIELD = re.compile(r"^(__u8|__u16|__u32|__u64)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?$")
+_FIELD = re.compile(r"^(__u8|__u16|__u32|__u64|struct\s+\w+)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?$")
 
 
 class AbiError(Exception):
@@ -60,7 +60,13 @@ def _parse(text: str) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[s
             if not m:
                 raise AbiError(f"struct {struct_name}: cannot parse field {decl!r}")
             ctype, fname, count = m.groups()
-            ftype = _CTYPES[ctype]
+            if ctype.startswith("struct"):
+                inner = ctype.split()[1]
+                if inner not in structs:
+                    raise AbiError(f"struct {struct_name}: struct {inner} is not defined before it")
+                ftype = structs[inner]
+            else:
+                ftype = _CTYPES[ctype]
             if count is not None:
                 n = int(count, 0) if count[0].isdigit() else consts[count]
                 ftype = ftype * n
@@ -81,6 +87,8 @@ CtKey = STRUCTS["ct_key"]
 CtEntry = STRUCTS["ct_entry"]
 CtConfig = STRUCTS["ct_config"]
 CtCounters = STRUCTS["ct_counters"]
+CtEvent = STRUCTS["ct_event"]
+CtSweepHeader = STRUCTS["ct_sweep_header"]
 
 
 def members(enum: str, prefix: str) -> dict[int, str]:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAIN_SOURCE = BPF_DIR / "ctbpf.c"
 XDP_FUNC = "ctbpf_xdp"
 TC_EGRESS_FUNC = "ctbpf_tc_egress"
+SWEEP_FUNC = "ctbpf_sweep"
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -94,7 +95,8 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
     expect = {"ct_new": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry), max_entries),
               "ct_assured": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry), max_entries),
               "ct_config": (4, ctypes.sizeof(abi.CtConfig), 1),
-              "ct_stats": (4, ctypes.sizeof(abi.CtCounters), 1)}
+              "ct_stats": (4, ctypes.sizeof(abi.CtCounters), 1),
+              "ct_events": (0, 0, None)}  # ring buffer: its size is not ours to check
     if "ct_config" in present:
         version = read_config(pin_dir).value[abi.const("CT_CFG_LAYOUT_VERSION")]
         if version != abi.LAYOUT_VERSION:
@@ -111,11 +113,23 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
         if (info.key_size, info.value_size) != (key_size, value_size):
             raise CtbpfError(f"{pin_dir / name} holds {info.key_size}/{info.value_size}-byte "
                              f"keys/values, this build needs {key_size}/{value_size}")
-        if info.max_entries != entries:
+        if entries is not None and info.max_entries != entries:
             raise CtbpfError(f"{pin_dir / name} was created for {info.max_entries} entries, "
                              f"not {entries}: start with --max {info.max_entries} to keep "
                              f"its flows")
     return True
+
+
+def sweep_keys(prog_fd: int, table_id: int, keys: bytes) -> int:
+    """Run the sweep program over raw keys, CT_SWEEP_BATCH at a time."""
+    key_size = ctypes.sizeof(abi.CtKey)
+    batch = abi.const("CT_SWEEP_BATCH") * key_size
+    deleted = 0
+    for start in range(0, len(keys), batch):
+        chunk = keys[start:start + batch]
+        header = abi.CtSweepHeader(table=table_id, count=len(chunk) // key_size)
+        deleted += bpfsys.prog_test_run(prog_fd, bytes(header) + chunk).retval
+    return deleted
 
 
 def read_config(pin_dir: Path):
@@ -156,6 +170,7 @@ class Datapath:
     _funcs: dict = field(default_factory=dict)
     _attached: list = field(default_factory=list)
     reused: bool = False
+    _on_event: object = None
 
     def load(self, values: dict[str, int] | None = None) -> "Datapath":
         """Compile and load the programs; create or reuse the pinned maps.
@@ -177,7 +192,8 @@ class Datapath:
                   "-Wno-unused-function"]
         try:
             self._bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
-            for name, kind in ((XDP_FUNC, bcc.BPF.XDP), (TC_EGRESS_FUNC, bcc.BPF.SCHED_CLS)):
+            for name, kind in ((XDP_FUNC, bcc.BPF.XDP), (TC_EGRESS_FUNC, bcc.BPF.SCHED_CLS),
+                               (SWEEP_FUNC, bcc.BPF.XDP)):
                 self._funcs[name] = self._bpf.load_func(name.encode(), kind)
         except Exception as e:  # BCC raises bare Exception for every failure
             raise CtbpfError(f"cannot load the BPF datapath: {str(e).splitlines()[0]} "
@@ -195,6 +211,27 @@ class Datapath:
 
     def prog_fd(self, name: str = XDP_FUNC) -> int:
         return self._funcs[name].fd
+
+    def sweep(self, table_id: int, keys: bytes) -> int:
+        """Delete the entries among these raw keys that are still expired,
+        in the kernel (see bpf/sweep.h). Returns how many were deleted."""
+        return sweep_keys(self.prog_fd(SWEEP_FUNC), table_id, keys)
+
+    def open_events(self, callback) -> None:
+        """Call callback(abi.CtEvent) for each event poll_events() reads; a
+        later call replaces the callback (BCC opens a ring buffer once)."""
+        size = ctypes.sizeof(abi.CtEvent)
+        first = self._on_event is None
+        self._on_event = callback
+
+        def on_event(_ctx, data, _size):
+            self._on_event(abi.CtEvent.from_buffer_copy(ctypes.string_at(data, size)))
+
+        if first:
+            self._bpf[b"ct_events"].open_ring_buffer(on_event)
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        self._bpf.ring_buffer_poll(timeout_ms)
 
     def attach_xdp(self, ifname: str, mode: str = "auto") -> str:
         """Attach the XDP program; returns the mode used (native or generic)."""

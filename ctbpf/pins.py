@@ -25,7 +25,7 @@ BPF_FS_MAGIC = 0xCAFE4A11
 # characters that cannot end or escape it are allowed.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_@.+/-]+$")
 
-MAP_NAMES = ("ct_new", "ct_assured", "ct_config", "ct_stats")
+MAP_NAMES = ("ct_new", "ct_assured", "ct_config", "ct_stats", "ct_events")
 
 
 class _Statfs(ctypes.Structure):
