@@ -49,6 +49,22 @@ static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_count
 }
 
 /**
+ * ct_destroy - report an entry's end and delete it from its table; `stat`
+ * says which counter records why (expired, deleted, swept).
+ */
+static __always_inline void ct_destroy(struct ct_key *key, const struct ct_entry *e,
+				       int in_assured, __u8 reason, int stat,
+				       const struct ct_config *cfg, struct ct_counters *st)
+{
+	ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, reason);
+	if (in_assured)
+		ct_assured.delete(key);
+	else
+		ct_new.delete(key);
+	ct_count(st, stat);
+}
+
+/**
  * ct_find - the live entry of a key, ASSURED table first so that established
  * traffic needs one lookup. An expired entry counts as absent and is removed
  * here; the sweeper only reclaims what no packet revisits.
@@ -64,9 +80,7 @@ static __always_inline struct ct_entry *ct_find(struct ct_key *key, __u64 now,
 			*in_assured = 1;
 			return e;
 		}
-		ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, CT_DESTROY_EXPIRED);
-		ct_assured.delete(key);
-		ct_count(st, CT_STAT_EXPIRED_SEEN);
+		ct_destroy(key, e, 1, CT_DESTROY_EXPIRED, CT_STAT_EXPIRED_SEEN, cfg, st);
 	}
 	e = ct_new.lookup(key);
 	if (e) {
@@ -74,9 +88,7 @@ static __always_inline struct ct_entry *ct_find(struct ct_key *key, __u64 now,
 			*in_assured = 0;
 			return e;
 		}
-		ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, CT_DESTROY_EXPIRED);
-		ct_new.delete(key);
-		ct_count(st, CT_STAT_EXPIRED_SEEN);
+		ct_destroy(key, e, 0, CT_DESTROY_EXPIRED, CT_STAT_EXPIRED_SEEN, cfg, st);
 	}
 	return 0;
 }
@@ -158,18 +170,6 @@ static __always_inline void ct_move(struct ct_key *key, struct ct_entry *e, int 
 	}
 }
 
-static __always_inline void ct_remove(struct ct_key *key, struct ct_entry *e, int in_assured,
-				      __u8 reason, const struct ct_config *cfg,
-				      struct ct_counters *st)
-{
-	ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, reason);
-	if (in_assured)
-		ct_assured.delete(key);
-	else
-		ct_new.delete(key);
-	ct_count(st, CT_STAT_DELETE);
-}
-
 /* User-land state of a packet on a known flow, judged before the packet
  * itself sets SEEN_REPLY (kernel: ctinfo is chosen on lookup). */
 static __always_inline int ct_known_state(int dir, int seen_reply)
@@ -230,10 +230,10 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 	case CT_TRACK_INVALID:
 		return ct_invalid(st, pkt->reason);
 	case CT_TRACK_REOPEN:
-		ct_remove(&key, e, in_assured, CT_DESTROY_REOPEN, cfg, st);
+		ct_destroy(&key, e, in_assured, CT_DESTROY_REOPEN, CT_STAT_DELETE, cfg, st);
 		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
 	case CT_TRACK_DELETE:
-		ct_remove(&key, e, in_assured, CT_DESTROY_RST, cfg, st);
+		ct_destroy(&key, e, in_assured, CT_DESTROY_RST, CT_STAT_DELETE, cfg, st);
 		break;
 	case CT_TRACK_KEEP:
 		ct_count(st, CT_STAT_IGNORED);

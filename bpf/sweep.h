@@ -19,12 +19,7 @@ static __always_inline int sweep_one(struct ct_key *key, int assured, __u64 now,
 
 	if (!e || e->expires_ns > now)
 		return 0;
-	ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, CT_DESTROY_EXPIRED);
-	if (assured)
-		ct_assured.delete(key);
-	else
-		ct_new.delete(key);
-	ct_count(st, CT_STAT_SWEPT);
+	ct_destroy(key, e, assured, CT_DESTROY_EXPIRED, CT_STAT_SWEPT, cfg, st);
 	return 1;
 }
 
