@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from . import pins
+from . import config, pins, restart
 from .errors import CtbpfError, UsageError
+from .events import EventRelay
 from .loader import Datapath, ifindex, require_root
+from .resize import ResizeService
+from .sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +115,62 @@ def _check_ifaces(names: list[str]) -> None:
 def run(args) -> int:
     require_root("ctbpf run")
     _check_ifaces(args.iface)
+    # The config file (ctbpf/config.py) is checked before anything is loaded.
+    cfg_path = getattr(args, "config", None)
+    cfg = config.load_file(os.path.abspath(cfg_path)) if cfg_path else None
+    cli_max = args.max
+    if cli_max is None and getattr(args, "buckets", None):
+        cli_max = args.buckets * config.ENTRIES_PER_BUCKET   # the kernel's max = 8 x buckets
+    args.max = config.effective_max(cli_max, cfg)
+    # Without an explicit size, a restart keeps the pinned tables' size.
+    max_given = cli_max is not None or (cfg is not None and cfg.effective_max() is not None)
     pin_dir = pins.resolve(args.pin_dir, mount=True)
     daemon = Daemon(args, pin_dir)
+    # Expired entries reclaimed in batches, DESTROY reported (ctbpf/sweeper.py).
+    daemon.add_service(Sweeper(getattr(args, "sweep_min_interval", 1.0),
+                               getattr(args, "sweep_max_interval", 30.0)))
+    # NEW/UPDATE/DESTROY from the ring buffer to `ctbpf events` clients (ctbpf/events.py).
+    daemon.add_service(EventRelay())
+    # /metrics, read from the maps at scrape time (ctbpf/metrics.py).
+    metrics_addr = getattr(args, "metrics_addr", "none")
+    if metrics_addr and metrics_addr != "none":
+        try:
+            from .metrics import MetricsService  # noqa: PLC0415 - only when serving
+        except ImportError:
+            raise CtbpfError("prometheus-client is missing: `make setup` installs it, or run "
+                             "with --metrics-addr none") from None
+        daemon.add_service(MetricsService(metrics_addr))
+    # `ctbpf set max=N` asks the daemon to rebuild its tables (ctbpf/resize.py).
+    daemon.add_service(ResizeService())
+    if cfg is not None:
+        daemon.reload_hooks.append(config.Reloader(daemon, cfg.path, cli_max, args.max))
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, daemon._on_signal) for s in handled}
+    kept = None   # with --keep-attached: what stays attached after we exit
     try:
-        with Datapath(pin_dir, args.max).load() as dp:
+        values = cfg.datapath_values() if cfg is not None else None
+        # One daemon per pin dir; what is pinned is kept, resized, migrated
+        # or (--discard-state) dropped loudly (ctbpf/restart.py).
+        with restart.lock_for_daemon(pin_dir), restart.open_datapath(
+                pin_dir, args.max, max_given=max_given, values=values,
+                discard_state=getattr(args, "discard_state", False)) as dp:
+            args.max = dp.max_entries
+            for hook in daemon.reload_hooks:   # the size the tables really have
+                if hasattr(hook, "running_max"):
+                    hook.running_max = dp.max_entries
             daemon.datapath = dp
             modes = []
             for name in args.iface:
                 modes.append(f"{name} ({dp.attach_xdp(name, args.xdp_mode)})")
                 if args.egress:
                     dp.attach_tc_egress(name)
+            restart.report_adoption(dp)
             for service in daemon.services:
                 service.start(daemon)
             daemon.write_status(pid=os.getpid(), pin_dir=str(pin_dir), ifaces=args.iface,
-                                egress=bool(args.egress), started=time.time())
+                                egress=bool(args.egress), started=time.time(),
+                                **config.status_fields(cfg))
             print(f"ctbpf: tracking on {', '.join(modes)}{' with egress' if args.egress else ''}; "
                   f"maps in {pins.display(pin_dir)}", flush=True)
             try:
@@ -140,9 +182,15 @@ def run(args) -> int:
                     (daemon.run_dir / "daemon.json").unlink()
                 except OSError:
                     pass
-            log.info("%s: detaching", daemon.status.get("stopped_by", "stop"))
+                if getattr(args, "keep_attached", False):
+                    kept = dp.release()   # programs stay attached, maps pinned
+            log.info("%s: %s", daemon.status.get("stopped_by", "stop"),
+                     "leaving the datapath attached" if kept is not None else "detaching")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    print("ctbpf: detached", file=sys.stderr, flush=True)
+    if kept is not None:
+        print(f"ctbpf: {restart.kept_message(kept, pin_dir)}", file=sys.stderr, flush=True)
+    else:
+        print("ctbpf: detached", file=sys.stderr, flush=True)
     return 0

@@ -74,18 +74,6 @@ def ifindex(name: str) -> int:
         raise UsageError(f"unknown interface {name!r} in this network namespace") from None
 
 
-def _xdp_prog_id(index: int) -> int:
-    """The id of the XDP program attached to an interface, 0 if none."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
-    with IPRoute() as ipr:
-        link = ipr.get_links(index)[0]
-    xdp = link.get_attr("IFLA_XDP")
-    if not xdp:
-        return 0
-    return xdp.get_attr("IFLA_XDP_PROG_ID") or 0
-
-
 def check_pinned(pin_dir: Path, max_entries: int) -> bool:
     """Check maps already pinned in pin_dir against this build. Returns True
     when they exist and will be reused; raises when they cannot be."""
@@ -101,8 +89,9 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
         version = read_config(pin_dir).value[abi.const("CT_CFG_LAYOUT_VERSION")]
         if version != abi.LAYOUT_VERSION:
             raise CtbpfError(f"maps pinned in {pin_dir} have layout version {version}, this "
-                             f"build uses {abi.LAYOUT_VERSION}: they cannot be reused; move "
-                             f"them away or remove them to start empty")
+                             f"build uses {abi.LAYOUT_VERSION}: they cannot be reused as they "
+                             f"are (`ctbpf run` migrates them, or drops them with "
+                             f"--discard-state)")
     for name in present:
         fd = bpfsys.obj_get(str(pin_dir / name))
         try:
@@ -171,6 +160,12 @@ class Datapath:
     _attached: list = field(default_factory=list)
     reused: bool = False
     _on_event: object = None
+    # Map ids of flow tables whose ctbpf programs this datapath may replace
+    # where it attaches (adoption, see ctbpf/restart.py): its own pinned
+    # tables, plus old ones it was rebuilt from or discarded.
+    adoptable: set = field(default_factory=set)
+    # (interface, kind, replaced program id) for each hook taken over.
+    adopted: list = field(default_factory=list)
 
     def load(self, values: dict[str, int] | None = None) -> "Datapath":
         """Compile and load the programs; create or reuse the pinned maps.
@@ -205,6 +200,9 @@ class Datapath:
                 current = tunables.from_config(read_config(self.pin_dir))
             current.update(values or {})
             write_config(self.pin_dir, current)
+        from .restart import table_ids  # noqa: PLC0415
+
+        self.adoptable |= table_ids(self.pin_dir)
         log.info("datapath loaded, maps %s in %s", "reused" if self.reused else "pinned",
                  self.pin_dir)
         return self
@@ -234,15 +232,20 @@ class Datapath:
         self._bpf.ring_buffer_poll(timeout_ms)
 
     def attach_xdp(self, ifname: str, mode: str = "auto") -> str:
-        """Attach the XDP program; returns the mode used (native or generic)."""
+        """Attach the XDP program; returns the mode used (native or generic).
+        An interface already running ctbpf's XDP program on our tables (a
+        daemon stopped with --keep-attached, or killed) is adopted: our
+        program replaces it atomically, in the mode it runs in. Any other
+        XDP program is refused."""
+        from .restart import xdp_hook  # noqa: PLC0415
+
         index = ifindex(ifname)
-        prog_id = _xdp_prog_id(index)
-        if prog_id:
-            raise CtbpfError(f"{ifname} already carries an XDP program (id {prog_id}); "
-                             f"detach it first (ip link set dev {ifname} xdp off)")
-        modes = ["native", "generic"] if mode == "auto" else [mode]
         if mode not in ("auto", *XDP_MODES):
             raise UsageError(f"xdp mode {mode!r}: use auto, native or generic")
+        prog_id, attached_flags = xdp_hook(index)
+        if prog_id:
+            return self._adopt_xdp(ifname, index, prog_id, attached_flags, mode)
+        modes = ["native", "generic"] if mode == "auto" else [mode]
         last_error = ""
         for m in modes:
             flags = XDP_MODES[m]
@@ -258,12 +261,65 @@ class Datapath:
             return m
         raise CtbpfError(f"cannot attach XDP to {ifname}: {last_error}")
 
+    def _adopt_xdp(self, ifname: str, index: int, prog_id: int, flags: int, mode: str) -> str:
+        from . import restart  # noqa: PLC0415
+
+        own = restart.prog_id(self.prog_fd(XDP_FUNC))
+        if prog_id != own:
+            info = restart.prog_info_by_id(prog_id)
+            if info is None or info.name != restart.XDP_PROG_NAME:
+                name = f" {info.name}" if info is not None and info.name else ""
+                raise CtbpfError(f"{ifname} already carries an XDP program (id {prog_id}{name}); "
+                                 f"detach it first (ip link set dev {ifname} xdp off)")
+            if not restart.is_ctbpf(info, restart.XDP_PROG_NAME, self.adoptable):
+                raise CtbpfError(f"{ifname} already carries a ctbpf XDP program (id {prog_id}) "
+                                 f"that tracks into other maps than those in {self.pin_dir} "
+                                 f"(another tracker's?); stop that tracker, or detach it "
+                                 f"(ip link set dev {ifname} xdp off)")
+            if not flags:
+                raise CtbpfError(f"{ifname}: the XDP program (id {prog_id}) runs in a mode "
+                                 f"ctbpf cannot replace atomically; detach it first")
+            restart.replace_xdp(index, flags, self.prog_fd(XDP_FUNC), prog_id)
+            self.adopted.append((ifname, "xdp", prog_id))
+            log.info("XDP on %s adopted: program %d replaced by %d", ifname, prog_id, own)
+        used = restart.MODE_NAMES[flags]
+        if mode not in ("auto", used):
+            log.warning("%s: kept the %s mode of the running program (asked %s); a restart "
+                        "without --keep-attached can change it", ifname, used, mode)
+        self._attached.append(_Attachment(ifname, index, "xdp", flags))
+        return used
+
+    def _adopt_tc_egress(self, ifname: str, index: int, prog_id: int) -> None:
+        """Take over the filter at our priority: ours already, or an earlier
+        daemon's on our tables (replaced in place); anything else is refused."""
+        from . import restart  # noqa: PLC0415
+
+        fn = self._funcs[TC_EGRESS_FUNC]
+        own = restart.prog_id(fn.fd)
+        if prog_id != own:
+            info = restart.prog_info_by_id(prog_id)
+            if not restart.is_ctbpf(info, restart.TC_PROG_NAME, self.adoptable):
+                raise CtbpfError(f"{ifname}: the clsact egress filter at priority {TC_PRIO} "
+                                 f"(program id {prog_id}) is not this tracker's; remove it "
+                                 f"first (tc filter del dev {ifname} egress prio {TC_PRIO})")
+            restart.replace_tc_egress(index, fn.fd, fn.name)
+            self.adopted.append((ifname, "tc-egress", prog_id))
+            log.info("TC egress on %s adopted: program %d replaced by %d", ifname, prog_id, own)
+        self._attached.append(_Attachment(ifname, index, "tc-egress"))
+
     def attach_tc_egress(self, ifname: str) -> None:
-        """Track what the host itself sends through ifname (TC clsact egress)."""
+        """Track what the host itself sends through ifname (TC clsact egress).
+        Our filter left by an earlier daemon is adopted (replaced in place)."""
         from pyroute2 import IPRoute  # noqa: PLC0415
         from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
+        from .restart import tc_egress_hook  # noqa: PLC0415
+
         index = ifindex(ifname)
+        existing = tc_egress_hook(index)
+        if existing:
+            self._adopt_tc_egress(ifname, index, existing)
+            return
         fn = self._funcs[TC_EGRESS_FUNC]
         created = False
         with IPRoute() as ipr:
@@ -285,6 +341,38 @@ class Datapath:
 
     def attachments(self) -> list[tuple[str, str]]:
         return [(a.ifname, a.kind) for a in self._attached]
+
+    def release(self) -> list[tuple[str, str]]:
+        """Forget the attachments without detaching them: the programs keep
+        running on the pinned maps after this process exits (`ctbpf run
+        --keep-attached`); a later `ctbpf run` adopts them. Returns them."""
+        kept = self.attachments()
+        self._attached = []
+        return kept
+
+    def take_over(self, other: "Datapath") -> None:
+        """Become `other` (a datapath rebuilt on new maps, its programs
+        already swapped in where ours ran, see ctbpf/restart.py) while
+        staying the same object, so that whoever holds this one (the daemon's
+        services) goes on with the new programs and maps. The attachments
+        are unchanged (the same hooks, new programs); the old programs and
+        their maps are released; events left in the old ring buffer are
+        read first."""
+        if self._on_event is not None and self._bpf is not None:
+            try:
+                self.poll_events(0)
+            except Exception as e:  # noqa: BLE001 - BCC: bare Exception
+                log.warning("draining the old event ring buffer: %s", e)
+        old = self._bpf
+        self._bpf, self._funcs = other._bpf, other._funcs
+        other._bpf, other._funcs = None, {}
+        self.pin_dir, self.max_entries = other.pin_dir, other.max_entries
+        self.adoptable |= other.adoptable
+        if old is not None:
+            old.cleanup()
+        callback, self._on_event = self._on_event, None
+        if callback is not None:
+            self.open_events(callback)
 
     def detach_all(self) -> None:
         """Detach everything this instance attached; never raises."""

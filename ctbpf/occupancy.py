@@ -35,8 +35,10 @@ def count_raw(keys: bytes, values: bytes, count: int, now_ns: int) -> Counter:
                    for p, s, e in zip(protos, states, exp) if e > now_ns)
 
 
-def occupancy(pin_dir: Path) -> dict[str, Counter]:
-    """{table name: Counter((proto, tcp_state) -> live entries)}."""
+def occupancy(pin_dir: Path) -> tuple[dict[str, Counter], int]:
+    """({table name: Counter((proto, tcp_state) -> live entries)}, entries
+    present in both tables, expired or not)."""
     raw = {name: table.read_raw(pin_dir, name) for name in table.TABLES}
     now = time.monotonic_ns()
-    return {name.removeprefix("ct_"): count_raw(k, v, n, now) for name, (k, v, n) in raw.items()}
+    live = {name.removeprefix("ct_"): count_raw(k, v, n, now) for name, (k, v, n) in raw.items()}
+    return live, sum(n for _, _, n in raw.values())

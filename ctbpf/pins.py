@@ -25,6 +25,8 @@ BPF_FS_MAGIC = 0xCAFE4A11
 # characters that cannot end or escape it are allowed.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_@.+/-]+$")
 
+_MAX_SCAN = 512  # processes looked at before giving up
+
 MAP_NAMES = ("ct_new", "ct_assured", "ct_config", "ct_stats", "ct_events")
 
 
@@ -57,6 +59,11 @@ def _ancestors() -> list[int]:
 def _candidates():
     yield "/sys/fs/bpf"
     for pid in [1, *_ancestors()]:
+        yield f"/proc/{pid}/root/sys/fs/bpf"
+    # Orphaned (started in the background, its shell gone): any process
+    # that still sees the host's /sys will do.
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    for pid in pids[:_MAX_SCAN]:
         yield f"/proc/{pid}/root/sys/fs/bpf"
 
 

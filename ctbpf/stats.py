@@ -1,15 +1,43 @@
-"""Per-CPU counters summed over CPUs, named from the ABI header."""
+"""Per-CPU counters summed over CPUs, named from the ABI header, and the one
+counter the datapath cannot keep itself: early_drop.
+
+early_drop is the number of entries the LRU table (ct_new) evicted to make
+room for new flows, the kernel's `early_drop`. BPF does not report an LRU
+eviction, so it is derived from the books. Every entry ever created is
+either still present in one of the two tables, or left through a door that
+is counted; moves between the tables (promote, demote) cancel out:
+
+    insert = present(ct_new) + present(ct_assured)
+             + expired_seen + delete + swept + user_delete + early_drop
+
+so early_drop = insert - expired_seen - delete - swept - user_delete - present,
+where present counts every entry in the maps, expired or not (an expired
+entry is still there until a packet or the sweeper removes it), and
+user_delete is CT_STAT_USER_DELETE when the ABI has it (`ctbpf delete` and
+`flush` remove entries from user space; until they are counted there, what
+they delete shows up here). A resize or migration carries the counters and
+books whatever it does not carry over (see ctbpf/restart.py), so the sum
+stays exact across restarts.
+
+It is exact when the datapath is quiet during the read. The counters and
+the tables cannot be read in one instant, so read() reads the counters, the
+tables, and the counters again, up to three times, until nothing on the
+books moved in between; under traffic the value is off by at most the
+entries created or removed during the read (milliseconds).
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
 
 from . import abi, bpfsys
 
 BASE = abi.const("CT_STAT_INVALID_BASE")
 COUNT = abi.const("CT_STAT_MAX")
+_EXPIRES = abi.CtEntry.expires_ns.offset
 
 
 def read_counters(pin_dir: Path) -> list[int]:
@@ -30,11 +58,52 @@ def read_counters(pin_dir: Path) -> list[int]:
     return totals
 
 
-def summary(counters: list[int], entries: dict[str, int]) -> dict:
+# Counters in the early_drop sum (see the module docstring).
+_INSERT = abi.const("CT_STAT_INSERT")
+_LEAVE = tuple(abi.const(n) for n in ("CT_STAT_EXPIRED_SEEN", "CT_STAT_DELETE", "CT_STAT_SWEPT")
+               ) + tuple(abi.CONSTS[n] for n in ("CT_STAT_USER_DELETE",) if n in abi.CONSTS)
+_BOOKS = (_INSERT, *_LEAVE)
+READ_ATTEMPTS = 3
+
+
+def early_drop(counters: list[int], present: int) -> int:
+    """Entries evicted from the LRU table, from the books (module docstring)."""
+    return max(0, counters[_INSERT] - sum(counters[i] for i in _LEAVE) - present)
+
+
+def table_counts(pin_dir: Path) -> tuple[dict[str, int], int]:
+    """({table: live entries}, entries present in both tables, expired or not)."""
+    from .table import ENTRY_SIZE, TABLES, read_raw  # noqa: PLC0415
+
+    live, present = {}, 0
+    for name in TABLES:
+        _, values, count = read_raw(pin_dir, name)
+        now = time.monotonic_ns()
+        expiries = memoryview(values).cast("Q")[_EXPIRES // 8::ENTRY_SIZE // 8] if count else []
+        live[name.removeprefix("ct_")] = sum(1 for e in expiries[:count] if e > now)
+        present += count
+    return live, present
+
+
+def read(pin_dir: Path) -> dict:
+    """summary() of a tracker's maps, early_drop included (see above)."""
+    for _ in range(READ_ATTEMPTS):
+        before = read_counters(pin_dir)
+        live, present = table_counts(pin_dir)
+        after = read_counters(pin_dir)
+        if all(before[i] == after[i] for i in _BOOKS):
+            break
+    return summary(before, live, early_drop=early_drop(before, present))
+
+
+def summary(counters: list[int], entries: dict[str, int], early_drop: int | None = None) -> dict:
     """The counters users read: packets per user-land state, invalid per
-    reason, the tracker's own events, entries per table."""
+    reason, the tracker's own events (early_drop too when given), entries
+    per table."""
     states = {name: counters[v] for v, name in abi.PKT_STATE_NAMES.items()}
     events = {name: counters[v] for v, name in abi.STAT_NAMES.items() if not name.startswith("pkt_")}
+    if early_drop is not None:
+        events["early_drop"] = early_drop
     invalid = {name: counters[BASE + v] for v, name in abi.INVALID_REASON_NAMES.items()}
     return {"packets": states, "invalid": invalid, "events": events,
             "entries": dict(entries, total=sum(entries.values()))}

@@ -59,7 +59,29 @@ TUNABLES: tuple[Tunable, ...] = (
             "retransmissions before tcp_timeout_max_retrans applies"),
 )
 
+TUNABLES += (Tunable("events", abi.const("CT_CFG_EVENTS"), 1, 0, 1, "bool",
+                     "emit NEW/UPDATE/DESTROY events from the datapath (nf_conntrack_events)"),)
+
 BY_NAME = {t.name: t for t in TUNABLES}
+
+# Table limits: not ct_config slots but the size of the maps, fixed when they
+# are created (slot -1). `max` is nf_conntrack_max (entries per table);
+# `buckets` is nf_conntrack_buckets (hashsize), informational here since a BPF
+# hash map sizes its own buckets: as in the kernel, max defaults to
+# 8 x buckets when only buckets is given. The bounds are the loader's
+# MIN_ENTRIES and MAX_ENTRIES (tests/unit/test_config.py checks they agree).
+DEFAULT_MAX = 65536
+ENTRIES_PER_BUCKET = 8
+MIN_MAX, MAX_MAX = 16, 1 << 26
+LIMITS: tuple[Tunable, ...] = (
+    Tunable("max", -1, DEFAULT_MAX, MIN_MAX, MAX_MAX, "entries",
+            "conntrack_max: entries per table (changing it reloads the tables, keeping every entry)"),
+    Tunable("buckets", -1, DEFAULT_MAX // ENTRIES_PER_BUCKET, MIN_MAX // ENTRIES_PER_BUCKET,
+            MAX_MAX // ENTRIES_PER_BUCKET, "buckets",
+            "hashsize: informational; max defaults to 8 x buckets"),
+)
+ALL: tuple[Tunable, ...] = TUNABLES + LIMITS
+ALL_BY_NAME = {t.name: t for t in ALL}
 
 # The spec's NONE row (30 minutes): no entry ever rests in NONE, the value
 # only keeps ct_config complete.

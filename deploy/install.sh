@@ -6,8 +6,8 @@
 #
 # Usage: deploy/install.sh [--prefix DIR]        (as root)
 #
-# A systemd unit that runs `ctbpf run` at boot comes with a later change;
-# this script does not install or start any service.
+# It installs no service: deploy/ctbpf.service (see its header) runs
+# `ctbpf run` at boot, with interfaces from /etc/default/ctbpf.
 set -euo pipefail
 
 PREFIX=/opt/ctbpf

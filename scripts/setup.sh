@@ -11,7 +11,8 @@ VENV="$ROOT/.venv"
 SYS_PYTHON=/usr/bin/python3
 
 PACKAGES=(python3-bpfcc iputils-ping bpftool iproute2 nftables conntrack python3-venv
-          python3-pip make hping3 tcpdump procps ethtool kmod)
+          python3-pip make hping3 tcpdump procps ethtool kmod
+          prometheus vagrant systemd)   # tests/deploy: promtool, vagrant validate (and ruby), systemd-analyze
 PACKAGE_LIST="${PACKAGES[*]}"   # before any kernel-headers package is added
 
 say() { printf '[setup] %s\n' "$*"; }

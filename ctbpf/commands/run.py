@@ -13,8 +13,28 @@ def add_arguments(p) -> None:
     p.add_argument("--egress", action="store_true",
                    help="also track what this host sends (TC egress on the same interfaces)")
     p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
-    p.add_argument("--max", type=int, default=65536, metavar="N",
-                   help="conntrack_max: entries per table (default 65536)")
+    p.add_argument("--max", type=int, default=None, metavar="N",
+                   help="conntrack_max: entries per table (default: the config file's max, "
+                        "else 8 x its buckets, else 65536)")
+    p.add_argument("--buckets", type=int, default=None, metavar="N",
+                   help="hashsize: with no --max, max is 8 x N (as the kernel's nf_conntrack_max)")
+    p.add_argument("--keep-attached", action="store_true",
+                   help="on SIGINT/SIGTERM leave the XDP (and TC) programs attached and the "
+                        "maps pinned: tracking goes on, and the next `ctbpf run` adopts them")
+    p.add_argument("--discard-state", action="store_true",
+                   help="if the pinned maps cannot be kept (another layout version with no "
+                        "migration), drop them, report how many entries were dropped, start empty")
+    p.add_argument("--metrics-addr", default="127.0.0.1:9476", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (default "
+                        "127.0.0.1:9476; binding beyond loopback is your choice; 'none': off)")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file of tunables (see deploy/ctbpf.toml), applied at start "
+                        "and again on SIGHUP")
+    p.add_argument("--sweep-min-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="shortest time between two sweeps of expired entries (default 1)")
+    p.add_argument("--sweep-max-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="longest time between two sweeps; the interval adapts in between "
+                        "to how much each sweep finds (default 30)")
 
 
 def run(args) -> int:

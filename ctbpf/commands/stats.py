@@ -14,9 +14,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .. import stats, table  # noqa: PLC0415
+    from .. import stats  # noqa: PLC0415
 
     pin_dir = existing_pin_dir(args)
-    s = stats.summary(stats.read_counters(pin_dir), table.count_entries(pin_dir))
+    s = stats.read(pin_dir)   # early_drop included
     print(json.dumps(s) if args.output == "json" else stats.text(s))
     return 0

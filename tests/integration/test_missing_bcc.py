@@ -18,7 +18,7 @@ def test_run_without_bcc_says_what_to_install():
     # -S: no site-packages, hence no Debian bcc; the package itself from the tree
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(["/usr/bin/python3", "-S", "-m", "ctbpf.cli", "run", "--iface", "lo",
-                             "--pin-dir", str(pin_dir)], capture_output=True, text=True, env=env,
+                             "--pin-dir", str(pin_dir), "--metrics-addr", "none"], capture_output=True, text=True, env=env,
                             timeout=30)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr

@@ -397,9 +397,10 @@ def test_tcp_connection_walks_the_spec_states(lab, tracker, peer, family):
 
     assert [s for s, _ in seen] == ["SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT",
                                     "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT"], seen
-    # The flow never left the assured table once it got there.
+    # Closing, the flow keeps [ASSURED] but is back in the evictable table,
+    # as the kernel's early drop may take closing flows too.
     (entry,) = [f for f in tracker.list_json("-p", "tcp") if f["orig"].get("sport") == sport]
-    assert entry["table"] == "assured" and entry["flags"] == ["ASSURED"]
+    assert entry["table"] == "new" and entry["flags"] == ["ASSURED"]
     stats = tracker.stats()
     assert stats["packets"]["invalid"] == 0, stats
 
@@ -667,7 +668,7 @@ def test_tcp_json_after_a_full_connection(shared_tracker):
         return mine if mine and mine[0]["state"] == "TIME_WAIT" else None
 
     (f,) = poll(lambda: tracker.list_json("-p", "tcp"), pick, "TIME_WAIT in the JSON listing")
-    assert f["protonum"] == 6 and f["flags"] == ["ASSURED"] and f["table"] == "assured"
+    assert f["protonum"] == 6 and f["flags"] == ["ASSURED"] and f["table"] == "new"  # closing
     assert f["orig"] == {"src": lab.client_ip, "dst": lab.server_ip, "sport": sport, "dport": port}
     assert 118 <= f["timeout"] <= 120
     # 1000 bytes each way, plus handshake and teardown: at least 5 segments each way.

@@ -1,0 +1,438 @@
+"""The sweeper: reclaims expired entries from both flow tables.
+
+Correctness never waits for it (the datapath treats an expired entry as
+absent); it frees table room and reports DESTROY for flows no packet
+revisits. One *pass* covers ct_new then ct_assured:
+
+1. read the table with BPF_MAP_LOOKUP_BATCH into two reused raw buffers
+   (keys, values), a *slice* of at most ``slice_entries`` entries per read;
+2. find the expired entries without decoding them: the values buffer viewed
+   as u64 words, every ``sizeof(ct_entry) / 8``-th word from the offset of
+   ``expires_ns``, compared with the monotonic clock in C-level iterators;
+3. hand the raw keys of the expired ones to the in-kernel sweep program
+   (bpf/sweep.h, run through BPF_PROG_TEST_RUN by ``Datapath.sweep``), which
+   looks each entry up again and deletes it only if it is *still* expired,
+   emitting DESTROY and counting CT_STAT_SWEPT. A flow that saw traffic
+   between the read and the delete has a new expiry and is left alone.
+
+Slicing: one ``run_once`` reads at most ``slice_entries`` entries (8192 by
+default: 3-5 ms here, under 10 ms even when every entry read has expired,
+like the kernel's own conntrack GC budget), then the pass asks to run again
+at once; the daemon's loop serves every
+other due service between two slices, so a pass over a million entries
+never blocks the loop for more than one slice. The batch cursor (a hash
+bucket index) survives between slices: entries added or removed behind it
+are met on the next pass.
+
+Interval: after a pass, if at least ``high_ratio`` of the scanned entries
+had expired the interval halves, if at most ``low_ratio`` (or the tables were
+empty) it doubles, always within [min_interval, max_interval]. The next pass
+starts one interval after the previous one ended.
+
+An empty pass costs two map opens and two batch reads that return at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import logging
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import abi, bpfsys
+from .errors import CtbpfError, UsageError
+
+log = logging.getLogger(__name__)
+
+KEY_SIZE = ctypes.sizeof(abi.CtKey)
+ENTRY_SIZE = ctypes.sizeof(abi.CtEntry)
+EXPIRES_OFFSET = abi.CtEntry.expires_ns.offset
+#: (pinned map name, enum ct_table_id), in sweep order.
+TABLES = (("ct_new", abi.const("CT_TABLE_NEW")), ("ct_assured", abi.const("CT_TABLE_ASSURED")))
+
+DEFAULT_MIN_INTERVAL = 1.0
+DEFAULT_MAX_INTERVAL = 30.0
+DEFAULT_SLICE_ENTRIES = 8192
+#: A read smaller than this is not worth a syscall: the run ends instead.
+MIN_READ = 1024
+#: Upper bounds (seconds) of the pass duration histogram, Prometheus style.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# --------------------------------------------------------------------------
+# pure helpers (unit-tested on crafted buffers)
+
+
+def _bytes_view(buf) -> memoryview:
+    """A flat unsigned-byte view of any buffer (bytes, bytearray, ctypes array)."""
+    mv = memoryview(buf)
+    return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
+
+
+def expired_indices(values, count: int, now_ns: int, entry_size: int = ENTRY_SIZE,
+                    expires_offset: int = EXPIRES_OFFSET) -> list[int]:
+    """Indices of the records among the first `count` of a raw values buffer
+    whose u64 expiry (native byte order, at `expires_offset`) is <= now_ns,
+    the datapath's own test for "expired"."""
+    if count <= 0:
+        return []
+    mv = _bytes_view(values)
+    if len(mv) < count * entry_size:
+        raise ValueError(f"values buffer holds {len(mv)} bytes, not {count} x {entry_size}")
+    mv = mv[:count * entry_size]
+    if entry_size % 8 == 0 and expires_offset % 8 == 0:
+        # Every expires_ns at once: a strided u64 view, no copy, no decoding.
+        expiries = mv.cast("Q")[expires_offset // 8::entry_size // 8]
+    else:  # a layout without 8-byte alignment: slower, still no struct decoding
+        expiries = (int.from_bytes(mv[i + expires_offset:i + expires_offset + 8], sys.byteorder)
+                    for i in range(0, count * entry_size, entry_size))
+    return list(itertools.compress(range(count), map(now_ns.__ge__, expiries)))
+
+
+def gather_keys(keys, indices, key_size: int = KEY_SIZE) -> bytes:
+    """The raw keys at these indices of a keys buffer, back to back."""
+    buf = keys if isinstance(keys, (bytes, bytearray)) else _bytes_view(keys)
+    return b"".join([buf[i:i + key_size] for i in map(key_size.__mul__, indices)])
+
+
+def expired_keys(keys, values, count: int, now_ns: int) -> bytes:
+    """The raw keys of the expired records of a batch read."""
+    return gather_keys(keys, expired_indices(values, count, now_ns))
+
+
+def next_interval(current: float, scanned: int, expired: int, min_interval: float,
+                  max_interval: float, high_ratio: float = 0.25,
+                  low_ratio: float = 0.05) -> float:
+    """The interval after a pass that found `expired` of `scanned` entries
+    expired: halved when the ratio is at least high_ratio, doubled when at
+    most low_ratio (or nothing was scanned), else unchanged; always within
+    [min_interval, max_interval]."""
+    ratio = expired / scanned if scanned else 0.0
+    if scanned and ratio >= high_ratio:
+        current = current / 2
+    elif ratio <= low_ratio:
+        current = current * 2
+    return min(max(current, min_interval), max_interval)
+
+
+def check_intervals(min_interval: float, max_interval: float) -> None:
+    if not min_interval > 0:
+        raise UsageError(f"sweep-min-interval: {min_interval:g} must be a positive "
+                         f"number of seconds")
+    if not max_interval >= min_interval:
+        raise UsageError(f"sweep-max-interval: {max_interval:g} must be at least "
+                         f"sweep-min-interval ({min_interval:g})")
+
+
+# --------------------------------------------------------------------------
+# statistics
+
+
+@dataclass
+class SweepStats:
+    """What the sweeper did, for a metrics exporter or a status file.
+    Totals are monotonic; ``last_*`` describe the last completed pass;
+    durations are seconds."""
+
+    passes: int = 0
+    slices: int = 0
+    errors: int = 0
+    scanned_total: int = 0        # entries read
+    expired_total: int = 0        # expired entries handed to the kernel
+    deleted_total: int = 0        # entries the kernel deleted (still expired)
+    kept_total: int = 0           # handed over but not deleted: traffic since the read, or gone
+    deleted_by_table: dict = field(default_factory=lambda: {name: 0 for name, _ in TABLES})
+    interval: float = 0.0         # seconds until the next pass, as adapted
+    last_scanned: int = 0
+    last_expired: int = 0
+    last_deleted: int = 0
+    last_duration: float = 0.0    # busy time of the pass: the sum of its slices
+    last_wall: float = 0.0        # first slice start to last slice end
+    last_cpu: float = 0.0         # CPU time of the sweeping thread during the pass
+    last_max_slice: float = 0.0   # longest slice of the pass
+    last_read: float = 0.0        # of last_duration: batch reads,
+    last_scan: float = 0.0        # finding the expired keys,
+    last_delete: float = 0.0      # and the in-kernel re-check and delete
+    last_finished: float = 0.0    # time.monotonic() at the end of the last pass
+    last_error: str = ""
+    # histogram of pass durations: counts per DURATION_BUCKETS bound (+Inf last)
+    duration_counts: list = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
+    recent_durations: deque = field(default_factory=lambda: deque(maxlen=128))
+
+    def observe(self, duration: float) -> None:
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if duration <= bound:
+                break
+        else:
+            i = len(DURATION_BUCKETS)
+        self.duration_counts[i] += 1
+        self.duration_sum += duration
+        self.recent_durations.append(duration)
+
+    def cumulative_buckets(self) -> list[tuple[float, int]]:
+        """(upper bound, cumulative count) pairs, the last bound being +inf."""
+        out, total = [], 0
+        for bound, n in zip((*DURATION_BUCKETS, float("inf")), self.duration_counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+    def snapshot(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()
+             if k not in ("recent_durations", "duration_counts", "deleted_by_table")}
+        d["deleted_by_table"] = dict(self.deleted_by_table)
+        d["duration_buckets"] = [[b, n] for b, n in self.cumulative_buckets()[:-1]]
+        d["duration_count"] = sum(self.duration_counts)
+        d["recent_durations"] = list(self.recent_durations)
+        return d
+
+
+# --------------------------------------------------------------------------
+# the service
+
+
+class _BatchBuffers:
+    """Reused raw buffers for one batch read, and their addresses."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self.keys = bytearray(KEY_SIZE * entries)
+        self.values = bytearray(ENTRY_SIZE * entries)
+        self._k = (ctypes.c_char * len(self.keys)).from_buffer(self.keys)
+        self._v = (ctypes.c_char * len(self.values)).from_buffer(self.values)
+        self.keys_addr = ctypes.addressof(self._k)
+        self.values_addr = ctypes.addressof(self._v)
+
+
+def _token_buffer() -> ctypes.Array:
+    return ctypes.create_string_buffer(max(KEY_SIZE, 8))
+
+
+@dataclass
+class _Pass:
+    datapath: object
+    fds: list
+    started: float
+    table: int = 0                 # index in TABLES
+    first: bool = True             # the next read starts the table
+    # the batch cursor (a bucket index for hash maps), in and out
+    token: ctypes.Array = field(default_factory=lambda: _token_buffer())
+    next_token: ctypes.Array = field(default_factory=lambda: _token_buffer())
+    scanned: int = 0
+    expired: int = 0
+    deleted: int = 0
+    busy: float = 0.0
+    cpu: float = 0.0
+    max_slice: float = 0.0
+    phases: list = field(default_factory=lambda: [0.0, 0.0, 0.0])   # read, scan, delete
+
+    def close(self) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
+
+
+class Sweeper:
+    """A daemon service (see ctbpf/daemon.py) that sweeps expired entries.
+
+    start(owner) takes any object with ``pin_dir`` (where the maps are
+    pinned) and ``datapath`` (a loaded Datapath, for its sweep program):
+    the Daemon, or a plain namespace in benchmarks and tests. Both are read
+    again at every pass, so a reloaded datapath is picked up.
+    """
+
+    name = "sweeper"
+
+    def __init__(self, min_interval: float = DEFAULT_MIN_INTERVAL,
+                 max_interval: float = DEFAULT_MAX_INTERVAL, *,
+                 slice_entries: int = DEFAULT_SLICE_ENTRIES,
+                 high_ratio: float = 0.25, low_ratio: float = 0.05) -> None:
+        check_intervals(min_interval, max_interval)
+        if slice_entries < MIN_READ:
+            raise UsageError(f"sweep slice: {slice_entries} entries is below {MIN_READ}")
+        self.min_interval = float(min_interval)
+        self.max_interval = float(max_interval)
+        self.slice_entries = int(slice_entries)
+        self.high_ratio = high_ratio
+        self.low_ratio = low_ratio
+        self.interval = self.min_interval
+        self.stats = SweepStats(interval=self.interval)
+        self._owner = None
+        self._pass: _Pass | None = None
+        self._buffers: _BatchBuffers | None = None
+        self._due = 0.0
+
+    # -- the service protocol ------------------------------------------------
+
+    def start(self, owner) -> None:
+        self._owner = owner
+        self._due = time.monotonic()   # a first pass right away
+
+    def due(self) -> float:
+        return self._due
+
+    def run_once(self, now: float) -> None:
+        """One slice of the current pass (starting a pass if none runs)."""
+        try:
+            finished = self.step()
+        except Exception as e:  # noqa: BLE001 - a failed pass must not stop the tracker
+            self.stats.errors += 1
+            self.stats.last_error = str(e) or type(e).__name__
+            if isinstance(e, (OSError, CtbpfError)):
+                log.warning("sweep pass abandoned: %s", e)
+            else:
+                log.exception("sweep pass abandoned")
+            self._abandon()
+            self._due = time.monotonic() + self.interval
+            return
+        if finished:
+            self._due = self.stats.last_finished + self.interval
+        else:
+            self._due = time.monotonic()   # the next slice as soon as the loop comes back
+
+    def stop(self) -> None:
+        self._abandon()
+
+    # -- for benchmarks, tests and commands ----------------------------------
+
+    def sweep_now(self) -> dict:
+        """Run one whole pass now (abandoning a pass in progress); returns
+        the stats snapshot after it. Errors propagate."""
+        if self._owner is None:
+            raise CtbpfError("sweeper not started")
+        self._abandon()
+        while not self.step():
+            pass
+        self._due = self.stats.last_finished + self.interval
+        return self.stats.snapshot()
+
+    @property
+    def in_pass(self) -> bool:
+        return self._pass is not None
+
+    # -- the work ------------------------------------------------------------
+
+    def _abandon(self) -> None:
+        if self._pass is not None:
+            self._pass.close()
+            self._pass = None
+
+    def _begin(self) -> _Pass | None:
+        datapath = getattr(self._owner, "datapath", None)
+        if datapath is None:
+            return None
+        pin_dir = self._owner.pin_dir
+        fds: list[int] = []
+        try:
+            for name, _ in TABLES:
+                fds.append(bpfsys.obj_get(str(pin_dir / name)))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if self._buffers is None:
+            self._buffers = _BatchBuffers(self.slice_entries)
+        return _Pass(datapath=datapath, fds=fds, started=time.monotonic())
+
+    def step(self) -> bool:
+        """One slice: read and sweep up to slice_entries entries, starting a
+        pass if none runs; True when the pass is over. Errors propagate."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if self._pass is not None and getattr(self._owner, "datapath", None) is not \
+                self._pass.datapath:
+            # Reloaded (a resize, a restart of the datapath): the cursor and the
+            # map fds belong to the old maps. Start over on the new ones.
+            log.info("datapath reloaded: sweep pass restarted")
+            self._abandon()
+        if self._pass is None:
+            self._pass = self._begin()
+            if self._pass is None:  # no datapath (yet): nothing to sweep
+                self.stats.last_finished = time.monotonic()
+                return True
+        p = self._pass
+        budget = self.slice_entries
+        while p.table < len(TABLES) and budget >= MIN_READ:
+            name, table_id = TABLES[p.table]
+            r0 = time.perf_counter()
+            count, done = self._read(p, p.fds[p.table], budget)
+            budget -= count
+            now_ns = time.monotonic_ns()   # after the read: nothing is judged early
+            r1 = time.perf_counter()
+            b = self._buffers
+            keys = expired_keys(b.keys, b.values, count, now_ns)
+            found = len(keys) // KEY_SIZE
+            r2 = time.perf_counter()
+            deleted = p.datapath.sweep(table_id, keys) if found else 0
+            p.phases[0] += r1 - r0
+            p.phases[1] += r2 - r1
+            p.phases[2] += time.perf_counter() - r2
+            p.scanned += count
+            p.expired += found
+            p.deleted += deleted
+            self.stats.scanned_total += count
+            self.stats.expired_total += found
+            self.stats.deleted_total += deleted
+            self.stats.kept_total += found - deleted
+            self.stats.deleted_by_table[name] += deleted
+            if done:
+                p.table += 1
+                p.first = True
+        self.stats.slices += 1
+        elapsed = time.perf_counter() - t0
+        p.busy += elapsed
+        p.cpu += time.thread_time() - c0
+        p.max_slice = max(p.max_slice, elapsed)
+        if p.table < len(TABLES):
+            return False
+        self._finish(p)
+        return True
+
+    def _read(self, p: _Pass, fd: int, want: int) -> tuple[int, bool]:
+        """One batch read from the pass's cursor into the buffers; returns
+        (entries read, whether the table is done)."""
+        while True:
+            b = self._buffers
+            want = min(want, b.entries)
+            attr = bpfsys._BatchAttr(
+                in_batch=0 if p.first else ctypes.addressof(p.token),
+                out_batch=ctypes.addressof(p.next_token), keys=b.keys_addr,
+                values=b.values_addr, count=want, map_fd=fd)
+            try:
+                bpfsys._bpf(bpfsys.BPF_MAP_LOOKUP_BATCH, attr, "sweep batch lookup")
+            except bpfsys.BpfError as e:
+                if e.errno == errno.ENOENT:   # the last batch (count may be > 0)
+                    return attr.count, True
+                if e.errno != errno.ENOSPC:
+                    raise
+                # One hash bucket holds more than `want` entries: read more.
+                if want < b.entries:
+                    want = b.entries
+                else:
+                    self._buffers = _BatchBuffers(b.entries * 2)
+                    want = self._buffers.entries
+                continue
+            ctypes.memmove(p.token, p.next_token, len(p.token))
+            p.first = False
+            return attr.count, False
+
+    def _finish(self, p: _Pass) -> None:
+        p.close()
+        self._pass = None
+        s = self.stats
+        s.passes += 1
+        s.last_scanned, s.last_expired, s.last_deleted = p.scanned, p.expired, p.deleted
+        s.last_duration, s.last_cpu, s.last_max_slice = p.busy, p.cpu, p.max_slice
+        s.last_read, s.last_scan, s.last_delete = p.phases
+        s.last_finished = time.monotonic()
+        s.last_wall = s.last_finished - p.started
+        s.observe(p.busy)
+        self.interval = next_interval(self.interval, p.scanned, p.expired, self.min_interval,
+                                      self.max_interval, self.high_ratio, self.low_ratio)
+        s.interval = self.interval
+        log.debug("sweep: %d scanned, %d expired, %d deleted in %.1f ms; next in %gs",
+                  p.scanned, p.expired, p.deleted, p.busy * 1e3, self.interval)

@@ -1,0 +1,231 @@
+"""Table operations on the pinned maps, like conntrack -G/-D/-F/-C: find a
+flow by its original tuple, find flows by filter together with their raw
+keys, delete them from both tables in batches, count them.
+
+The datapath keeps running meanwhile. A flow that sees a packet after it
+was deleted comes back as NEW, as it does after `conntrack -D`. A flow may
+move between the two tables (promotion to ct_assured, demotion as it
+closes) between our read and our delete; a key missing from the table it
+was read from is then tried in the other one, so it is still deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import abi, bpfsys, flowkey
+from .errors import UsageError
+from .filters import FlowFilter
+from .table import (ENTRY_SIZE, ICMP_REPLY, ICMPV6_REPLY, KEY_SIZE, TABLES, Flow, count_entries,
+                    decode, read_raw)
+
+ICMP_PROTOS = {1: ICMP_REPLY, 58: ICMPV6_REPLY}
+
+
+@dataclass(frozen=True)
+class Match:
+    """A flow with the raw key and the table it was read from."""
+
+    table: str    # "ct_new" or "ct_assured"
+    key: bytes
+    flow: Flow
+
+
+@dataclass(frozen=True)
+class TupleSpec:
+    """A flow's original tuple, as conntrack -G takes it."""
+
+    proto: int
+    src: str
+    dst: str
+    sport: int = 0
+    dport: int = 0
+    icmp_type: int | None = None
+    icmp_code: int = 0
+    icmp_id: int | None = None
+
+    def key(self):
+        """The datapath's key for this tuple (see bpf/flow.h and parse.h)."""
+        if self.proto in ICMP_PROTOS:
+            # the requester's port holds the id, the responder's its complement
+            return flowkey.key_from_tuple(self.src, self.dst, self.proto, self.icmp_id,
+                                          self.icmp_id ^ 0xFFFF,
+                                          self.icmp_type << 8 | self.icmp_code)[0]
+        return flowkey.key_from_tuple(self.src, self.dst, self.proto, self.sport, self.dport)[0]
+
+    def is_original_of(self, f: Flow) -> bool:
+        """True when this tuple is the flow's original direction (conntrack
+        -G does not find a flow by its reply tuple)."""
+        o = f.orig
+        if (o.src, o.dst) != (self.src, self.dst):
+            return False
+        if self.proto in ICMP_PROTOS:
+            return (o.type, o.code, o.id) == (self.icmp_type, self.icmp_code, self.icmp_id)
+        if self.proto in (6, 17):
+            return (o.sport, o.dport) == (self.sport, self.dport)
+        return True
+
+
+def tuple_from_args(args) -> TupleSpec:
+    """The original tuple given on the command line; UsageError (exit 2)
+    naming what is missing or wrong."""
+    from .filters import parse_addr, parse_port, parse_proto  # noqa: PLC0415
+
+    if not args.proto:
+        raise UsageError("a tuple needs -p/--proto (tcp, udp, icmp, icmpv6, or a number)")
+    proto = parse_proto(args.proto)
+    if not (args.src and args.dst):
+        raise UsageError("a tuple needs --src and --dst (the original direction's addresses)")
+    src, dst = parse_addr(args.src), parse_addr(args.dst)
+    for given, net in ((args.src, src), (args.dst, dst)):
+        if net.num_addresses != 1 or "/" in given:
+            raise UsageError(f"--src/--dst {given!r}: a tuple takes one address, not a prefix")
+    if src.version != dst.version:
+        raise UsageError(f"--src {args.src} and --dst {args.dst} are of different families")
+    icmp = [getattr(args, a, None) for a in ("icmp_type", "icmp_code", "icmp_id")]
+    if proto in ICMP_PROTOS:
+        if args.sport or args.dport:
+            raise UsageError("ICMP has no ports: use --icmp-type, --icmp-code and --icmp-id")
+        if icmp[0] is None or icmp[2] is None:
+            raise UsageError("an ICMP tuple needs --icmp-type and --icmp-id (and --icmp-code, "
+                             "default 0)")
+        qtype, code, ident = (_parse_int(v, name, hi) for v, name, hi in
+                              ((icmp[0], "--icmp-type", 255), (icmp[1] or "0", "--icmp-code", 255),
+                               (icmp[2], "--icmp-id", 65535)))
+        if qtype not in ICMP_PROTOS[proto]:
+            names = ", ".join(map(str, ICMP_PROTOS[proto]))
+            raise UsageError(f"--icmp-type {qtype}: the original direction of an ICMP flow is "
+                             f"a query request (type {names})")
+        return TupleSpec(proto, str(src.network_address), str(dst.network_address),
+                         icmp_type=qtype, icmp_code=code, icmp_id=ident)
+    if any(v is not None for v in icmp):
+        raise UsageError("--icmp-type/--icmp-code/--icmp-id go with -p icmp or -p icmpv6")
+    sport = dport = 0
+    if proto in (6, 17):
+        if not (args.sport and args.dport):
+            raise UsageError("a TCP/UDP tuple needs --sport and --dport")
+        sport, dport = parse_port(args.sport), parse_port(args.dport)
+    elif args.sport or args.dport:
+        raise UsageError(f"protocol {proto} has no ports here: leave out --sport/--dport")
+    return TupleSpec(proto, str(src.network_address), str(dst.network_address), sport, dport)
+
+
+def _parse_int(text: str, name: str, hi: int) -> int:
+    if not str(text).isdigit() or int(text) > hi:
+        raise UsageError(f"{name} {text!r}: use 0-{hi}")
+    return int(text)
+
+
+def _open(pin_dir: Path, table: str) -> int:
+    return bpfsys.obj_get(str(pin_dir / table))
+
+
+def lookup(pin_dir: Path, spec: TupleSpec) -> Match | None:
+    """The live flow whose original tuple is spec (one lookup per table)."""
+    key = spec.key()
+    entry = abi.CtEntry()
+    for table in TABLES:
+        fd = _open(pin_dir, table)
+        try:
+            found = bpfsys.lookup(fd, key, entry)
+        finally:
+            os.close(fd)
+        if not found:
+            continue
+        now = time.monotonic_ns()
+        if entry.expires_ns <= now:
+            continue  # expired: absent, as for the datapath
+        flow = decode(key, entry, now, table)
+        return Match(table, bytes(key), flow) if spec.is_original_of(flow) else None
+    return None
+
+
+def scan(pin_dir: Path, flt: FlowFilter | None = None,
+         include_expired: bool = False) -> list[Match]:
+    """Every live flow of both tables that flt matches, with its raw key."""
+    raw = {table: read_raw(pin_dir, table) for table in TABLES}
+    now = time.monotonic_ns()  # after the read, as table.read_flows does
+    out, seen = [], set()
+    for table, (keys, values, n) in raw.items():
+        for i in range(n):
+            raw_key = keys[i * KEY_SIZE:(i + 1) * KEY_SIZE]
+            entry = abi.CtEntry.from_buffer_copy(values, i * ENTRY_SIZE)
+            # A flow caught mid-move between the tables shows in both: once.
+            if (entry.expires_ns <= now and not include_expired) or raw_key in seen:
+                continue
+            seen.add(raw_key)
+            flow = decode(abi.CtKey.from_buffer_copy(raw_key), entry, now, table)
+            if flt is None or flt.matches(flow):
+                out.append(Match(table, raw_key, flow))
+    return out
+
+
+def _delete_keys(fd: int, keys: list[bytes]) -> tuple[int, list[bytes]]:
+    """Delete keys from one map in batches. Returns (deleted, missing): a
+    batch stops at the first key that is gone, so it resumes after it; at
+    worst one syscall per key, never more."""
+    deleted, missing, start = 0, [], 0
+    while start < len(keys):
+        n = bpfsys.delete_batch(fd, b"".join(keys[start:]), KEY_SIZE)
+        deleted += n
+        if start + n < len(keys):
+            missing.append(keys[start + n])
+        start += n + 1
+    return deleted, missing
+
+
+def delete(pin_dir: Path, matches: list[Match]) -> list[Match]:
+    """Delete these flows from whichever table holds them now. Returns the
+    ones actually deleted (a flow that vanished meanwhile is not counted)."""
+    other = {"ct_new": "ct_assured", "ct_assured": "ct_new"}
+    by_table: dict[str, list[Match]] = {t: [] for t in TABLES}
+    for m in matches:
+        by_table[m.table].append(m)
+    gone: set[tuple[str, bytes]] = set()   # (table read from, key) not deleted
+    retry: dict[str, list[Match]] = {t: [] for t in TABLES}
+    for table, ms in by_table.items():
+        if not ms:
+            continue
+        fd = _open(pin_dir, table)
+        try:
+            _, missing = _delete_keys(fd, [m.key for m in ms])
+        finally:
+            os.close(fd)
+        missing_set = set(missing)
+        retry[other[table]] += [m for m in ms if m.key in missing_set]
+    for table, ms in retry.items():   # moved between the tables since the read
+        if not ms:
+            continue
+        fd = _open(pin_dir, table)
+        try:
+            _, missing = _delete_keys(fd, [m.key for m in ms])
+        finally:
+            os.close(fd)
+        gone |= {(other[table], k) for k in missing}
+    return [m for m in matches if (m.table, m.key) not in gone]
+
+
+def flush(pin_dir: Path) -> int:
+    """Delete every entry of both tables, expired or not; returns how many."""
+    total = 0
+    for table in TABLES:
+        keys, _, count = read_raw(pin_dir, table)
+        if not count:
+            continue
+        fd = _open(pin_dir, table)
+        try:
+            n, _ = _delete_keys(fd, [keys[i * KEY_SIZE:(i + 1) * KEY_SIZE] for i in range(count)])
+        finally:
+            os.close(fd)
+        total += n
+    return total
+
+
+def count(pin_dir: Path, flt: FlowFilter | None = None) -> int:
+    """Live entries, all or those flt matches."""
+    if flt is None or flt == FlowFilter():
+        return sum(count_entries(pin_dir).values())
+    return len(scan(pin_dir, flt))
