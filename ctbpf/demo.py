@@ -250,6 +250,7 @@ class _Demo:
         _say(f"  {rtr} {ct} list                # the table, as above")
         _say(f"  {rtr} {ct} list -o conntrack   # with counters")
         _say(f"  {rtr} {ct} stats               # counters, like conntrack -S")
+        _say(f"  {rtr} curl -s 127.0.0.1:9476/metrics   # metrics: http://127.0.0.1:9476/metrics")
         _say(f"  ip netns exec {lab.client} ping {lab.server_ip}   # traffic through the router")
         _say(f"Maps: {self.pin_dir} (bpftool map show pinned {self.pin_dir}/ct_new)")
         if self.keep:

@@ -3,5 +3,5 @@ add_arguments(parser) and run(args) -> exit code; heavy imports stay inside
 run() so that `ctbpf --help` and argument errors are instant."""
 
 # The order of `ctbpf --help`.
-MODULES = ("run", "list", "get", "delete", "flush", "count", "events", "stats", "set", "config",
-           "demo")
+MODULES = ("run", "list", "get", "delete", "flush", "count", "events", "stats", "top", "set",
+           "config", "demo")
