@@ -120,6 +120,7 @@ enum ct_stat {
 	CT_STAT_SWEPT = 15,         /* expired entries deleted by the sweeper */
 	CT_STAT_EVENT_LOST = 16,    /* events the ring buffer had no room for */
 	CT_STAT_DEMOTE = 17,        /* ASSURED entries moved back to ct_new as they close */
+	CT_STAT_USER_DELETE = 18,   /* entries deleted by `ctbpf delete` / `flush` */
 	CT_STAT_INVALID_BASE = 32,
 	CT_STAT_MAX = 48,
 };
@@ -213,10 +214,19 @@ struct ct_event {
 	__u8 pad[6];         /* explicit: the record is a multiple of 8 bytes */
 };
 
-/* Request of the sweep program, run through BPF_PROG_TEST_RUN: a header
- * followed by `count` keys of `table`; each entry still expired when the
- * program looks at it is deleted (DESTROY event, CT_STAT_SWEPT). */
+/* Request of the sweep program, run through BPF_PROG_TEST_RUN: a header and
+ * `count` keys. CT_SWEEP_EXPIRED deletes the entries of `table` still expired when the
+ * program looks (DESTROY "expired", CT_STAT_SWEPT); CT_SWEEP_USER deletes
+ * the keys from whichever table holds them (DESTROY "user",
+ * CT_STAT_USER_DELETE) and, after CT_SWEEP_BATCH key slots, writes one
+ * result byte per key (1: deleted). The control plane reaches it pinned as
+ * prog_sweep. */
 #define CT_SWEEP_BATCH 64
+
+enum ct_sweep_mode {
+	CT_SWEEP_EXPIRED = 0,
+	CT_SWEEP_USER = 1,
+};
 
 enum ct_table_id {
 	CT_TABLE_NEW = 0,
@@ -224,8 +234,10 @@ enum ct_table_id {
 };
 
 struct ct_sweep_header {
-	__u32 table;   /* enum ct_table_id */
+	__u32 table;   /* enum ct_table_id (CT_SWEEP_EXPIRED) */
 	__u32 count;   /* keys that follow, at most CT_SWEEP_BATCH */
+	__u32 mode;    /* enum ct_sweep_mode */
+	__u32 pad;     /* explicit: keys start 8-byte aligned */
 };
 
 /* The single element of ct_config: live tunables indexed by enum ct_cfg. */

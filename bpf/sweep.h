@@ -23,9 +23,27 @@ static __always_inline int sweep_one(struct ct_key *key, int assured, __u64 now,
 	return 1;
 }
 
+/* A user's delete: the key goes from whichever table holds it. */
+static __always_inline int user_delete_one(struct ct_key *key, const struct ct_config *cfg,
+					   struct ct_counters *st)
+{
+	struct ct_entry *e = ct_assured.lookup(key);
+
+	if (e) {
+		ct_destroy(key, e, 1, CT_DESTROY_USER, CT_STAT_USER_DELETE, cfg, st);
+		return 1;
+	}
+	e = ct_new.lookup(key);
+	if (e) {
+		ct_destroy(key, e, 0, CT_DESTROY_USER, CT_STAT_USER_DELETE, cfg, st);
+		return 1;
+	}
+	return 0;
+}
+
 /**
- * sweep_batch - delete the still-expired entries among the request's keys.
- * Returns how many were deleted.
+ * sweep_batch - delete the request's keys its mode allows (CT_SWEEP_USER
+ * also writes one result byte per key). Returns how many were deleted.
  */
 static __always_inline int sweep_batch(void *data, void *data_end)
 {
@@ -39,6 +57,30 @@ static __always_inline int sweep_batch(void *data, void *data_end)
 	if (!st || !cfg || (void *)(hdr + 1) > data_end)
 		return 0;
 	count = hdr->count;
+	if (count > CT_SWEEP_BATCH)
+		return 0;
+	/* One loop per mode: a branch inside the loop would double what the
+	 * verifier explores per key. */
+	if (hdr->mode == CT_SWEEP_USER) {
+		/* Results sit after a full batch of key slots: a fixed offset. */
+		__u8 *results = data + sizeof(*hdr) + CT_SWEEP_BATCH * sizeof(struct ct_key);
+
+		if ((void *)(results + CT_SWEEP_BATCH) > data_end)
+			return 0;
+		for (int i = 0; i < CT_SWEEP_BATCH; i++) {
+			struct ct_key key;
+			void *k = data + sizeof(*hdr) + i * sizeof(key);
+			int done;
+
+			if (i >= count || k + sizeof(key) > data_end)
+				break;
+			__builtin_memcpy(&key, k, sizeof(key));
+			done = user_delete_one(&key, cfg, st);
+			results[i] = done;
+			deleted += done;
+		}
+		return deleted;
+	}
 	for (int i = 0; i < CT_SWEEP_BATCH; i++) {
 		struct ct_key key;
 		void *k = data + sizeof(*hdr) + i * sizeof(key);

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import abi, bpfsys, tunables
 from .errors import CtbpfError, UsageError
 from .paths import BPF_DIR
-from .pins import MAP_NAMES, is_bpffs
+from .pins import MAP_NAMES, PIN_NAMES, PROG_SWEEP, is_bpffs
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +109,54 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
     return True
 
 
-def sweep_keys(prog_fd: int, table_id: int, keys: bytes) -> int:
-    """Run the sweep program over raw keys, CT_SWEEP_BATCH at a time."""
+def _run_sweep(prog_fd: int, keys: bytes, mode: int, table_id: int = 0) -> list[bool]:
+    """Run the sweep program over raw keys, CT_SWEEP_BATCH at a time. In
+    CT_SWEEP_USER mode, returns per key whether it was deleted; otherwise
+    one True per deleted key."""
     key_size = ctypes.sizeof(abi.CtKey)
-    batch = abi.const("CT_SWEEP_BATCH") * key_size
-    deleted = 0
-    for start in range(0, len(keys), batch):
-        chunk = keys[start:start + batch]
-        header = abi.CtSweepHeader(table=table_id, count=len(chunk) // key_size)
-        deleted += bpfsys.prog_test_run(prog_fd, bytes(header) + chunk).retval
-    return deleted
+    per_run = abi.const("CT_SWEEP_BATCH")
+    head = ctypes.sizeof(abi.CtSweepHeader)
+    user = mode == abi.const("CT_SWEEP_USER")
+    results: list[bool] = []
+    for start in range(0, len(keys), per_run * key_size):
+        chunk = keys[start:start + per_run * key_size]
+        count = len(chunk) // key_size
+        header = bytes(abi.CtSweepHeader(table=table_id, count=count, mode=mode))
+        if not user:
+            results += [True] * bpfsys.prog_test_run(prog_fd, header + chunk).retval
+            continue
+        # key slots padded to a full batch, then one result byte per slot
+        data = header + chunk + bytes((per_run - count) * key_size) + bytes(per_run)
+        out = bpfsys.prog_test_run(prog_fd, data).data_out
+        at = head + per_run * key_size
+        results += [b == 1 for b in out[at:at + count]]
+    return results
+
+
+def sweep_keys(prog_fd: int, table_id: int, keys: bytes) -> int:
+    """Delete those of these keys of one table that are still expired."""
+    return sum(_run_sweep(prog_fd, keys, abi.const("CT_SWEEP_EXPIRED"), table_id))
+
+
+def user_delete_keys(pin_dir: Path, keys: bytes) -> list[bool]:
+    """`ctbpf delete`: delete these keys from whichever table holds them,
+    through the pinned sweep program (DESTROY events, CT_STAT_USER_DELETE)."""
+    fd = bpfsys.obj_get(str(pin_dir / PROG_SWEEP))
+    try:
+        return _run_sweep(fd, keys, abi.const("CT_SWEEP_USER"))
+    finally:
+        os.close(fd)
+
+
+def pin_program(fd: int, pin_dir: Path, name: str) -> None:
+    """Pin a program, replacing an older pin atomically (rename on bpffs)."""
+    tmp = pin_dir / f"{name}_new"  # bpffs refuses names with a dot
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    bpfsys.obj_pin(fd, str(tmp))
+    os.rename(tmp, pin_dir / name)
 
 
 def read_config(pin_dir: Path):
@@ -194,6 +232,7 @@ class Datapath:
             raise CtbpfError(f"cannot load the BPF datapath: {str(e).splitlines()[0]} "
                              f"(needs root, a kernel with BPF and BTF, and kernel headers; "
                              f"`make setup` installs them)") from None
+        pin_program(self._funcs[SWEEP_FUNC].fd, self.pin_dir, PROG_SWEEP)
         if not self.reused or values is not None:
             current = tunables.defaults()
             if self.reused:
@@ -411,8 +450,8 @@ class Datapath:
 
 
 def remove_pins(pin_dir: Path) -> None:
-    """Unpin our maps and remove the directory if it is then empty."""
-    for name in MAP_NAMES:
+    """Unpin our maps and programs and remove the directory if it is then empty."""
+    for name in PIN_NAMES:
         try:
             (pin_dir / name).unlink()
         except FileNotFoundError:

@@ -28,6 +28,10 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_@.+/-]+$")
 _MAX_SCAN = 512  # processes looked at before giving up
 
 MAP_NAMES = ("ct_new", "ct_assured", "ct_config", "ct_stats", "ct_events")
+# Programs the control plane runs without compiling (the sweep program, for
+# `ctbpf delete`); replaced with the maps on every load.
+PROG_SWEEP = "prog_sweep"
+PIN_NAMES = MAP_NAMES + (PROG_SWEEP,)
 
 
 class _Statfs(ctypes.Structure):

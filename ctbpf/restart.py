@@ -71,6 +71,7 @@ from typing import Callable
 
 from . import abi, bpfsys, pins
 from .errors import CtbpfError, UsageError
+from .loader import SWEEP_FUNC
 
 log = logging.getLogger(__name__)
 
@@ -848,8 +849,10 @@ class Rebuild:
         attached in another namespace, would go on tracking into the old
         maps after they are unpinned."""
         hooked = {h.prog_id for h in find_hooks(self._old_ids)}
+        # The pinned sweep program attaches nowhere: _repin replaces its pin
+        # with the new one, and the old program goes with its last reference.
         strangers = [p for p in programs_using(self._old_ids)
-                     if p.id not in hooked | self.own_programs]
+                     if p.id not in hooked | self.own_programs and p.name != SWEEP_FUNC]
         if strangers:
             names = ", ".join(f"{p.name or '?'} (id {p.id})" for p in strangers[:5])
             raise RefusedError(
@@ -1015,7 +1018,7 @@ class Rebuild:
         write_percpu(self._new["ct_stats"], new)
 
     def _repin(self) -> None:
-        for name in pins.MAP_NAMES:
+        for name in pins.PIN_NAMES:
             src = self.tmp / name
             if src.exists():
                 os.rename(src, self.pin_dir / name)   # atomic: the old pin is replaced
@@ -1051,7 +1054,7 @@ def discard(pin_dir: Path, state: PinnedState, why: str) -> str:
     """Unpin the maps in pin_dir (programs still using them keep them alive
     until replaced) and return the line reporting what was dropped. The
     directory itself stays: the daemon's lock is on it."""
-    for name in pins.MAP_NAMES:
+    for name in pins.PIN_NAMES:
         try:
             (pin_dir / name).unlink()
         except FileNotFoundError:

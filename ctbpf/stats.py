@@ -13,11 +13,10 @@ is counted; moves between the tables (promote, demote) cancel out:
 so early_drop = insert - expired_seen - delete - swept - user_delete - present,
 where present counts every entry in the maps, expired or not (an expired
 entry is still there until a packet or the sweeper removes it), and
-user_delete is CT_STAT_USER_DELETE when the ABI has it (`ctbpf delete` and
-`flush` remove entries from user space; until they are counted there, what
-they delete shows up here). A resize or migration carries the counters and
-books whatever it does not carry over (see ctbpf/restart.py), so the sum
-stays exact across restarts.
+user_delete is CT_STAT_USER_DELETE (`ctbpf delete` and `flush` delete
+through the pinned sweep program, which counts them). A resize or
+migration carries the counters and books whatever it does not carry over
+(see ctbpf/restart.py), so the sum stays exact across restarts.
 
 It is exact when the datapath is quiet during the read. The counters and
 the tables cannot be read in one instant, so read() reads the counters, the

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import abi, bpfsys, flowkey
 from .errors import UsageError
 from .filters import FlowFilter
+from .loader import user_delete_keys
 from .table import (ENTRY_SIZE, ICMP_REPLY, ICMPV6_REPLY, KEY_SIZE, TABLES, Flow, count_entries,
                     decode, read_raw)
 
@@ -163,65 +164,21 @@ def scan(pin_dir: Path, flt: FlowFilter | None = None,
     return out
 
 
-def _delete_keys(fd: int, keys: list[bytes]) -> tuple[int, list[bytes]]:
-    """Delete keys from one map in batches. Returns (deleted, missing): a
-    batch stops at the first key that is gone, so it resumes after it; at
-    worst one syscall per key, never more."""
-    deleted, missing, start = 0, [], 0
-    while start < len(keys):
-        n = bpfsys.delete_batch(fd, b"".join(keys[start:]), KEY_SIZE)
-        deleted += n
-        if start + n < len(keys):
-            missing.append(keys[start + n])
-        start += n + 1
-    return deleted, missing
-
-
 def delete(pin_dir: Path, matches: list[Match]) -> list[Match]:
-    """Delete these flows from whichever table holds them now. Returns the
-    ones actually deleted (a flow that vanished meanwhile is not counted)."""
-    other = {"ct_new": "ct_assured", "ct_assured": "ct_new"}
-    by_table: dict[str, list[Match]] = {t: [] for t in TABLES}
-    for m in matches:
-        by_table[m.table].append(m)
-    gone: set[tuple[str, bytes]] = set()   # (table read from, key) not deleted
-    retry: dict[str, list[Match]] = {t: [] for t in TABLES}
-    for table, ms in by_table.items():
-        if not ms:
-            continue
-        fd = _open(pin_dir, table)
-        try:
-            _, missing = _delete_keys(fd, [m.key for m in ms])
-        finally:
-            os.close(fd)
-        missing_set = set(missing)
-        retry[other[table]] += [m for m in ms if m.key in missing_set]
-    for table, ms in retry.items():   # moved between the tables since the read
-        if not ms:
-            continue
-        fd = _open(pin_dir, table)
-        try:
-            _, missing = _delete_keys(fd, [m.key for m in ms])
-        finally:
-            os.close(fd)
-        gone |= {(other[table], k) for k in missing}
-    return [m for m in matches if (m.table, m.key) not in gone]
+    """Delete these flows from whichever table holds them now, in the kernel
+    (the pinned sweep program: DESTROY events with reason "user", counted as
+    CT_STAT_USER_DELETE). Returns the ones actually deleted: a flow that
+    vanished meanwhile is not counted."""
+    if not matches:
+        return []
+    done = user_delete_keys(pin_dir, b"".join(m.key for m in matches))
+    return [m for m, ok in zip(matches, done) if ok]
 
 
 def flush(pin_dir: Path) -> int:
     """Delete every entry of both tables, expired or not; returns how many."""
-    total = 0
-    for table in TABLES:
-        keys, _, count = read_raw(pin_dir, table)
-        if not count:
-            continue
-        fd = _open(pin_dir, table)
-        try:
-            n, _ = _delete_keys(fd, [keys[i * KEY_SIZE:(i + 1) * KEY_SIZE] for i in range(count)])
-        finally:
-            os.close(fd)
-        total += n
-    return total
+    keys = b"".join(read_raw(pin_dir, table)[0] for table in TABLES)
+    return sum(user_delete_keys(pin_dir, keys)) if keys else 0
 
 
 def count(pin_dir: Path, flt: FlowFilter | None = None) -> int:

@@ -110,3 +110,21 @@ def test_sweep_handles_more_keys_than_one_batch(tracker):
     assert count == n
     assert tracker.dp.sweep(abi.const("CT_TABLE_NEW"), keys) == n
     assert _raw_keys(tracker, "ct_new")[1] == 0
+
+
+def test_user_delete_takes_keys_from_either_table_and_reports_them(tracker, events):
+    from ctbpf.loader import user_delete_keys
+
+    _handshake(tracker, 40020)                               # assured
+    d = P.TcpDialog(P.A4, P.B4, 40021, 80)
+    tracker.send(d.frame(P.ORIG, "S"))                       # new
+    events()
+    keys = b"".join(bytes(e.key) for e in tracker.entries())
+    missing = bytes(keys[:40])                               # deleted twice: second time absent
+    before = tracker.counters()[abi.const("CT_STAT_USER_DELETE")]
+    assert user_delete_keys(tracker.pin_dir, keys + missing) == [True, True, False]
+    assert tracker.entries() == []
+    assert tracker.counters()[abi.const("CT_STAT_USER_DELETE")] - before == 2
+    evs = events()
+    assert [e.type for e in evs] == [DESTROY, DESTROY]
+    assert all(e.reason == abi.const("CT_DESTROY_USER") for e in evs)
