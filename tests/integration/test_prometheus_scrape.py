@@ -106,6 +106,9 @@ def test_prometheus_sees_what_was_sent(lab, tracker, prometheus):
     assert wait_value(lab, 'ctbpf_entries_limit', lambda v: v > 0) == 65536
     assert wait_value(lab, 'sum(ctbpf_packets_total{state="invalid"})', lambda v: v == 0) == 0
     assert wait_value(lab, 'ctbpf_sweeper_runs_total', lambda v: v >= 1) >= 1
+    # what a person would ask, for the record (pytest -s shows it)
+    for promql in ('sum by (proto, state) (ctbpf_flow_entries)', 'ctbpf_packets_total'):
+        print(promql, "->", json.dumps(query(lab, promql)))
 
     for c in clients:
         c.kill()
