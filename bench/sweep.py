@@ -41,7 +41,6 @@ from ctbpf.sweeper import (DEFAULT_MAX_INTERVAL, DEFAULT_SLICE_ENTRIES, ENTRY_SI
 HELP = "sweeper over 1M entries, 10% expired: ctbpf vs plain batch read + batch delete"
 
 BPFFS = Path("/sys/fs/bpf")
-BPF_MAP_UPDATE_BATCH = 26
 NS = 1_000_000_000
 LIVE_FOR_NS = 3600 * NS       # live entries stay live for the whole benchmark
 EXPIRED_FOR_NS = NS           # expired entries expired a second before the fill
@@ -85,10 +84,7 @@ def update_batch(fd: int, keys: bytearray, values: bytearray, count: int) -> int
     """BPF_MAP_UPDATE_BATCH of count raw records; returns how many were written."""
     kbuf = (ctypes.c_char * len(keys)).from_buffer(keys)
     vbuf = (ctypes.c_char * len(values)).from_buffer(values)
-    attr = bpfsys._BatchAttr(keys=ctypes.addressof(kbuf), values=ctypes.addressof(vbuf),
-                             count=count, map_fd=fd)
-    bpfsys._bpf(BPF_MAP_UPDATE_BATCH, attr, "batch update")
-    return attr.count
+    return bpfsys.update_batch(fd, ctypes.addressof(kbuf), ctypes.addressof(vbuf), count)
 
 
 def _expired_positions(n: int, fraction: float) -> list[int]:

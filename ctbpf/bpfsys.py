@@ -24,6 +24,7 @@ BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_UPDATE_BATCH = 26
 BPF_MAP_DELETE_BATCH = 27
 
 BPF_ANY = 0
@@ -201,6 +202,31 @@ def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int,
             return bytes(out_keys), bytes(out_values), total
         ctypes.memmove(token, next_token, len(token))
         first = False
+
+
+def lookup_batch_at(fd: int, token_in: int, token_out: int, keys_addr: int,
+                    values_addr: int, count: int) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH into caller-owned buffers, resuming from the
+    cursor at address token_in (0: from the start) and leaving the next one
+    at token_out. Returns (records read, whether the map is done). ENOSPC
+    (a bucket larger than count) is raised for the caller to retry bigger."""
+    attr = _BatchAttr(in_batch=token_in, out_batch=token_out, keys=keys_addr,
+                      values=values_addr, count=count, map_fd=fd)
+    try:
+        _bpf(BPF_MAP_LOOKUP_BATCH, attr, "batch lookup")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return attr.count, True
+        raise
+    return attr.count, False
+
+
+def update_batch(fd: int, keys_addr: int, values_addr: int, count: int) -> int:
+    """BPF_MAP_UPDATE_BATCH of count records from caller-owned buffers;
+    returns how many were written."""
+    attr = _BatchAttr(keys=keys_addr, values=values_addr, count=count, map_fd=fd)
+    _bpf(BPF_MAP_UPDATE_BATCH, attr, "batch update")
+    return attr.count
 
 
 def delete_batch(fd: int, keys: bytes, key_size: int) -> int:

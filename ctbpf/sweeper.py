@@ -398,15 +398,11 @@ class Sweeper:
         while True:
             b = self._buffers
             want = min(want, b.entries)
-            attr = bpfsys._BatchAttr(
-                in_batch=0 if p.first else ctypes.addressof(p.token),
-                out_batch=ctypes.addressof(p.next_token), keys=b.keys_addr,
-                values=b.values_addr, count=want, map_fd=fd)
             try:
-                bpfsys._bpf(bpfsys.BPF_MAP_LOOKUP_BATCH, attr, "sweep batch lookup")
+                count, done = bpfsys.lookup_batch_at(
+                    fd, 0 if p.first else ctypes.addressof(p.token),
+                    ctypes.addressof(p.next_token), b.keys_addr, b.values_addr, want)
             except bpfsys.BpfError as e:
-                if e.errno == errno.ENOENT:   # the last batch (count may be > 0)
-                    return attr.count, True
                 if e.errno != errno.ENOSPC:
                     raise
                 # One hash bucket holds more than `want` entries: read more.
@@ -416,9 +412,11 @@ class Sweeper:
                     self._buffers = _BatchBuffers(b.entries * 2)
                     want = self._buffers.entries
                 continue
+            if done:   # the last batch (count may be > 0)
+                return count, True
             ctypes.memmove(p.token, p.next_token, len(p.token))
             p.first = False
-            return attr.count, False
+            return count, False
 
     def _finish(self, p: _Pass) -> None:
         p.close()
