@@ -19,7 +19,6 @@ pinned maps hold.
 
 from __future__ import annotations
 
-import ctypes
 import difflib
 import hashlib
 import json
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from . import abi, bpfsys, tunables
 from .errors import CtbpfError, UsageError
+from .loader import read_config, write_raw_config
 from .tunables import ALL_BY_NAME, BY_NAME, ENTRIES_PER_BUCKET, Tunable
 
 
@@ -281,7 +281,6 @@ def effective_max(cli_max: int | None, cfg: ConfigFile | None) -> int:
 
 
 def _read_raw(pin_dir: Path):
-    from .loader import read_config  # noqa: PLC0415
 
     cfg = read_config(pin_dir)
     version = cfg.value[abi.const("CT_CFG_LAYOUT_VERSION")]
@@ -313,11 +312,7 @@ def write_values(pin_dir: Path, values: dict[str, int]) -> dict[str, tuple[int, 
     before = {name: int(cfg.value[BY_NAME[name].slot]) for name in values}
     for name, value in values.items():
         cfg.value[BY_NAME[name].slot] = value
-    fd = bpfsys.obj_get(str(pin_dir / "ct_config"))
-    try:
-        bpfsys.update(fd, ctypes.c_uint32(0), cfg)
-    finally:
-        os.close(fd)
+    write_raw_config(pin_dir, cfg)
     return {name: (before[name], values[name]) for name in values}
 
 

@@ -170,7 +170,11 @@ def read_config(pin_dir: Path):
 
 
 def write_config(pin_dir: Path, values: dict[str, int]) -> None:
-    cfg = tunables.to_config(values)
+    write_raw_config(pin_dir, tunables.to_config(values))
+
+
+def write_raw_config(pin_dir: Path, cfg) -> None:
+    """Write a whole ct_config value (abi.CtConfig) to the pinned array."""
     fd = bpfsys.obj_get(str(pin_dir / "ct_config"))
     try:
         bpfsys.update(fd, ctypes.c_uint32(0), cfg)

@@ -22,13 +22,17 @@ TCP = 6
 assert _ENTRY_SIZE % 8 == 0 and _EXPIRES_AT % 8 == 0
 
 
+def _expiries(values: bytes, count: int) -> memoryview:
+    """expires_ns of every entry: a strided view over the buffer as u64s."""
+    words = memoryview(values)[:count * _ENTRY_SIZE].cast("Q")
+    return words[_EXPIRES_AT // 8::_ENTRY_SIZE // 8]
+
+
 def count_raw(keys: bytes, values: bytes, count: int, now_ns: int) -> Counter:
     """Counter of (proto, tcp_state) over the live entries of one table."""
     if count == 0:
         return Counter()
-    # expires_ns of every entry: a strided view over the buffer as u64s
-    words = memoryview(values)[:count * _ENTRY_SIZE].cast("Q")
-    exp = words[_EXPIRES_AT // 8::_ENTRY_SIZE // 8]
+    exp = _expiries(values, count)
     protos = keys[_PROTO_AT:count * _KEY_SIZE:_KEY_SIZE]
     states = values[_STATE_AT:count * _ENTRY_SIZE:_ENTRY_SIZE]
     return Counter((p, s if p == TCP else None)
@@ -42,3 +46,16 @@ def occupancy(pin_dir: Path) -> tuple[dict[str, Counter], int]:
     now = time.monotonic_ns()
     live = {name.removeprefix("ct_"): count_raw(k, v, n, now) for name, (k, v, n) in raw.items()}
     return live, sum(n for _, _, n in raw.values())
+
+
+def live_counts(pin_dir: Path) -> tuple[dict[str, int], int]:
+    """({table name: live entries}, entries present in both tables, expired
+    or not): the cheap count, without the protocol breakdown."""
+    live, present = {}, 0
+    for name in table.TABLES:
+        _, values, count = table.read_raw(pin_dir, name)
+        now = time.monotonic_ns()
+        live[name.removeprefix("ct_")] = (sum(1 for e in _expiries(values, count) if e > now)
+                                          if count else 0)
+        present += count
+    return live, present

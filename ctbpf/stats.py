@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import time
 from pathlib import Path
 
-from . import abi, bpfsys
+from . import abi, bpfsys, occupancy
 
 BASE = abi.const("CT_STAT_INVALID_BASE")
 COUNT = abi.const("CT_STAT_MAX")
-_EXPIRES = abi.CtEntry.expires_ns.offset
 
 
 def read_counters(pin_dir: Path) -> list[int]:
@@ -70,25 +68,11 @@ def early_drop(counters: list[int], present: int) -> int:
     return max(0, counters[_INSERT] - sum(counters[i] for i in _LEAVE) - present)
 
 
-def table_counts(pin_dir: Path) -> tuple[dict[str, int], int]:
-    """({table: live entries}, entries present in both tables, expired or not)."""
-    from .table import ENTRY_SIZE, TABLES, read_raw  # noqa: PLC0415
-
-    live, present = {}, 0
-    for name in TABLES:
-        _, values, count = read_raw(pin_dir, name)
-        now = time.monotonic_ns()
-        expiries = memoryview(values).cast("Q")[_EXPIRES // 8::ENTRY_SIZE // 8] if count else []
-        live[name.removeprefix("ct_")] = sum(1 for e in expiries[:count] if e > now)
-        present += count
-    return live, present
-
-
 def read(pin_dir: Path) -> dict:
     """summary() of a tracker's maps, early_drop included (see above)."""
     for _ in range(READ_ATTEMPTS):
         before = read_counters(pin_dir)
-        live, present = table_counts(pin_dir)
+        live, present = occupancy.live_counts(pin_dir)
         after = read_counters(pin_dir)
         if all(before[i] == after[i] for i in _BOOKS):
             break

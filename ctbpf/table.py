@@ -128,17 +128,3 @@ def read_flows(pin_dir: Path, include_expired: bool = False) -> list[Flow]:
                 continue
             flows.append(decode(key, entry, now, table))
     return flows
-
-
-def count_entries(pin_dir: Path) -> dict[str, int]:
-    """Live entries per table."""
-    now = time.monotonic_ns()
-    counts = {}
-    for table in TABLES:
-        _, values, count = read_raw(pin_dir, table)
-        live = 0
-        for i in range(count):
-            entry = abi.CtEntry.from_buffer_copy(values, i * ENTRY_SIZE)
-            live += entry.expires_ns > now
-        counts[table.removeprefix("ct_")] = live
-    return counts

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import abi, bpfsys, flowkey
+from . import abi, bpfsys, flowkey, occupancy
 from .errors import UsageError
 from .filters import FlowFilter
 from .loader import user_delete_keys
-from .table import (ENTRY_SIZE, ICMP_REPLY, ICMPV6_REPLY, KEY_SIZE, TABLES, Flow, count_entries,
+from .table import (ENTRY_SIZE, ICMP_REPLY, ICMPV6_REPLY, KEY_SIZE, TABLES, Flow,
                     decode, read_raw)
 
 ICMP_PROTOS = {1: ICMP_REPLY, 58: ICMPV6_REPLY}
@@ -184,5 +184,5 @@ def flush(pin_dir: Path) -> int:
 def count(pin_dir: Path, flt: FlowFilter | None = None) -> int:
     """Live entries, all or those flt matches."""
     if flt is None or flt == FlowFilter():
-        return sum(count_entries(pin_dir).values())
+        return sum(occupancy.live_counts(pin_dir)[0].values())
     return len(scan(pin_dir, flt))

@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from ctbpf import abi, bpfsys, loader
 from ctbpf.lab import Lab
 
 from conftest import CTBPF, REPO, run_in
@@ -230,20 +229,11 @@ def test_text_lines_and_filters(shared_tracker, events_client):
 
 
 def _set_slot(pin_dir, name: str, value: int) -> int:
-    """Write one ct_config slot (enum ct_cfg) of the running datapath, leaving
-    the others as they are; returns the old value."""
-    import ctypes  # noqa: PLC0415
-    import os  # noqa: PLC0415
+    """Write one tunable of the running datapath, leaving the others as they
+    are; returns the old value."""
+    from ctbpf import config  # noqa: PLC0415
 
-    cfg = loader.read_config(pin_dir)
-    slot = abi.const(f"CT_CFG_{name.upper()}")
-    old, cfg.value[slot] = cfg.value[slot], value
-    fd = bpfsys.obj_get(str(pin_dir / "ct_config"))
-    try:
-        bpfsys.update(fd, ctypes.c_uint32(0), cfg)
-    finally:
-        os.close(fd)
-    return old
+    return config.write_values(pin_dir, {name: value})[name][0]
 
 
 def test_destroy_of_an_expired_entry(shared_tracker, events_client):
