@@ -210,11 +210,15 @@ def test_set_established_timeout_applies_from_the_next_packet(lab, tracker, conn
     assert cp.stdout == "tcp_timeout_established: 100 (unchanged)\n"
 
 
+RESIZE_TIMEOUT = 180.0
+
+
 def test_set_max_reloads_the_tables_keeping_the_flows(lab, tracker, conns):
     conn = conns(lab)
     conn.send("hello")
     wait_entry(tracker, conn, 431990, 432000)
-    cp = tracker.cli("set", "max=4096", "udp_timeout=40")
+    # a resize compiles and swaps the datapath: the resize tests' bound, not the CLI's 15 s
+    cp = tracker.cli("set", "max=4096", "udp_timeout=40", timeout=RESIZE_TIMEOUT)
     assert cp.returncode == 0, cp.stderr
     assert "udp_timeout: 30 -> 40" in cp.stdout
     assert values(tracker)["max"][0] == 4096
@@ -223,7 +227,7 @@ def test_set_max_reloads_the_tables_keeping_the_flows(lab, tracker, conns):
     remaining, _, _ = conn.entry(tracker)
     assert remaining > 431000, remaining
     # and back (the refusal of a size below the live entries: test_resize.py)
-    assert tracker.cli("set", "max=65536").returncode == 0
+    assert tracker.cli("set", "max=65536", timeout=RESIZE_TIMEOUT).returncode == 0
     assert values(tracker)["max"][0] == 65536
     remaining, _, _ = conn.entry(tracker)
     assert remaining > 431000, remaining
