@@ -1,0 +1,641 @@
+"""Control plane at a million entries: `ctbpf list -o json` against
+`conntrack -L` on a kernel table of the same size, and a Prometheus scrape
+of the real exporter.
+
+Setup, all of it private to the run and removed at the end:
+
+  ctbpf    the real datapath loaded once into its own pin dir
+           (/sys/fs/bpf/ctbpf-bench-cp-*), its ct_new table filled by
+           BPF_MAP_UPDATE_BATCH with N live UDP flows, unreplied:
+           10.200.1.T:P -> 10.200.0.1:9 (T = 1..16, P = 1..62500 for 1M).
+  kernel   two network namespaces joined by a veth pair; the receiving one
+           has conntrack on (an nftables `ct state` rule), its UDP timeout
+           raised to an hour and checksum checks off; trafgen sends the same
+           N tuples into it, one packet each, so nf_conntrack holds N UDP
+           entries, unreplied. nf_conntrack_max is a global sysctl (read-only
+           inside a namespace): when it is below N it is raised for the run
+           and put back afterwards.
+
+Figures, each the median of --controlplane-runs runs [min, max], the runs of
+both sides interleaved:
+
+  list     wall time of `ctbpf list --pin-dir DIR -o json` as a subprocess,
+           output to /dev/null, against `ip netns exec NS conntrack -L`,
+           output to /dev/null (its text format: conntrack has no JSON). The
+           child's CPU (user + system, wait4) is recorded too. One untimed
+           run of each first checks that all N flows are printed.
+  scrape   the real daemon, `ctbpf run --pin-dir DIR --metrics-addr
+           127.0.0.1:PORT` on a dummy interface in a namespace of its own,
+           adopting the filled maps; a client in that namespace times HTTP
+           GETs of /metrics and checks that the scrape reports N entries.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from pathlib import Path
+
+from ctbpf import abi, bpfsys, table
+from ctbpf.loader import Datapath, remove_pins
+
+from . import common
+
+HELP = "ctbpf list -o json vs conntrack -L (200k flows each); a /metrics scrape at 1M entries"
+
+NOTES = """\
+`ctbpf list -o json` is timed as the real command (a subprocess pointed at a
+private pin dir with `--pin-dir`), output to `/dev/null`, against
+`conntrack -L` on a kernel conntrack table of the same size in a private
+network namespace. Both tables hold the same N flows: unreplied UDP
+`10.200.1.T:P -> 10.200.0.1:9`. The kernel's are made by sending one UDP
+packet per flow with `trafgen` over a veth pair into a namespace with
+conntrack on (about a second per million), ctbpf's by
+`BPF_MAP_UPDATE_BATCH` into `ct_new`. `conntrack -L` prints text: it has no
+JSON output, so its default format is the baseline. `nf_conntrack_max` is
+a global sysctl (read-only inside a namespace); the benchmark raises it for
+the run when it is below N and puts it back afterwards.
+
+The scrape is the real exporter: `ctbpf run --metrics-addr 127.0.0.1:PORT`
+on a dummy interface in a namespace of its own, adopting the filled maps;
+a client in the same namespace times `GET /metrics` and checks that the
+scrape counts all N entries.
+
+Both commands are timed whole, as a user meets them, so the list figure
+includes starting Python and importing ctbpf (and for `conntrack`,
+`ip netns exec`). The child's CPU time is in the result file
+(`figures.list.*.cpu_s`).
+"""
+
+ROOT = common.ROOT
+BPFFS = Path("/sys/fs/bpf")
+NS = 1_000_000_000
+LIVE_FOR_NS = 3600 * NS
+
+# Targets of issue 6 ("Control plane").
+TARGET_LIST_SPEEDUP = 3.0      # ctbpf list at least 3x faster than conntrack -L
+TARGET_SCRAPE_S = 0.5          # one scrape of /metrics at 1M entries
+
+SERVER = (10, 200, 0, 1)
+SERVER_PORT = 9
+CLIENT_NET = (10, 200)         # clients are 10.200.T.X ... see _tuples
+PORTS_PER_CLIENT = 62500
+METRICS_PORT = 9476
+
+
+def add_arguments(g) -> None:
+    g.add_argument("--controlplane-entries", type=int, default=1_000_000, metavar="N",
+                   help="flows in each table (default 1000000)")
+    g.add_argument("--controlplane-list-entries", type=int, default=200_000, metavar="N",
+                   help="flows in both tables for the list figure (default 200000: ctbpf list "
+                        "takes about 35 s per million here, too long for 5 runs; 0: all N)")
+    g.add_argument("--controlplane-runs", type=int, default=common.MIN_RUNS, metavar="N",
+                   help=f"timed runs of each list command (default {common.MIN_RUNS})")
+    g.add_argument("--controlplane-scrapes", type=int, default=10, metavar="N",
+                   help="timed GETs of /metrics (default 10)")
+    g.add_argument("--controlplane-table-size", type=int, default=1 << 21, metavar="N",
+                   help="max_entries of each ctbpf table (default 2097152)")
+    g.add_argument("--controlplane-timeout", type=float, default=90.0, metavar="SECONDS",
+                   help="longest any one command may take before it is killed (default 90)")
+    g.add_argument("--controlplane-no-kernel", action="store_true",
+                   help="skip the conntrack -L baseline (no namespaces, no sysctl change)")
+    g.add_argument("--controlplane-no-metrics", action="store_true",
+                   help="skip the /metrics scrape")
+
+
+# --------------------------------------------------------------------------
+# the flows both tables hold
+
+
+def _clients(n: int) -> int:
+    return -(-n // PORTS_PER_CLIENT)
+
+
+def _ports(n: int) -> int:
+    return min(n, PORTS_PER_CLIENT)
+
+
+def _client_addr(t: int) -> tuple[int, int, int, int]:
+    """Client t (0-based): 10.200.1.1, 10.200.1.2, ... 10.200.1.250, 10.200.2.1, ..."""
+    return (*CLIENT_NET, 1 + t // 250, 1 + t % 250)
+
+
+def _tuples(n: int):
+    """The n flows, in trafgen's round-robin order: packet i comes from
+    client i % T, source port 1 + i // T."""
+    clients = _clients(n)
+    for i in range(n):
+        yield _client_addr(i % clients), 1 + i // clients
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+def _cpu_s(ru) -> float:
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed_command(cmd: list[str], timeout: float, stderr=subprocess.DEVNULL) -> dict:
+    """Run cmd with stdout to /dev/null; wall time from fork to exit and the
+    child's CPU (wait4). Killed, and RuntimeError, past timeout."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+    finally:
+        timer.cancel()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit status {p.returncode}"
+                           f"{' (killed after %gs)' % timeout if p.returncode < 0 else ''}")
+    return {"wall": wall, "cpu": _cpu_s(ru)}
+
+
+def _run(cmd: list[str], timeout: float = 30.0, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.returncode}")
+    return r
+
+
+def _ctbpf_cmd() -> list[str]:
+    venv = ROOT / ".venv" / "bin" / "ctbpf"
+    if venv.exists():
+        return [str(venv)]
+    return [sys.executable, "-c", "import sys; from ctbpf.cli import main; sys.exit(main())"]
+
+
+def _count_in_stream(cmd: list[str], needle: bytes, timeout: float) -> int:
+    """How many times needle appears in cmd's stdout (read in chunks)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         stdin=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    count, tail = 0, b""
+    try:
+        while chunk := p.stdout.read(1 << 20):
+            buf = tail + chunk
+            count += buf.count(needle)
+            # keep the bytes that could start a needle cut by the chunk edge
+            tail = buf[-(len(needle) - 1):] if len(needle) > 1 else b""
+            count -= tail.count(needle)
+        p.wait()
+    finally:
+        timer.cancel()
+        p.stdout.close()
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit status {p.returncode}")
+    return count
+
+
+# --------------------------------------------------------------------------
+# ctbpf side: the real datapath's maps in a private pin dir
+
+
+class CtbpfTable:
+    """The real datapath's maps in a private pin dir, holding the first
+    entries of the n flows of _tuples(n); fill() adds more of them."""
+
+    def __init__(self, n: int, table_size: int, tag: str) -> None:
+        self.n = n
+        self.table_size = table_size
+        self.pin_dir = BPFFS / f"ctbpf-bench-cp-{tag}"
+        self.filled = 0
+        self.records: tuple[bytearray, bytearray] | None = None
+
+    def setup(self) -> dict:
+        t0 = time.perf_counter()
+        dp = Datapath(self.pin_dir, max_entries=self.table_size).load()
+        dp.close()   # detaches nothing (nothing attached); the maps stay pinned
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.records = self._records()
+        return {"load_s": round(load_s, 3), "build_s": round(time.perf_counter() - t0, 3)}
+
+    def fill(self, upto: int) -> float:
+        """Add flows up to the first `upto`; returns the seconds it took."""
+        t0 = time.perf_counter()
+        if upto > self.filled:
+            self._update("ct_new", *self.records, self.filled, upto - self.filled)
+            self.filled = upto
+        took = time.perf_counter() - t0
+        present = self.present()
+        if present != upto:
+            raise RuntimeError(f"ctbpf tables hold {present} entries after the fill, not {upto}")
+        return round(took, 3)
+
+    def _records(self) -> tuple[bytearray, bytearray]:
+        n = self.n
+        ksize, esize = ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry)
+        if ksize % 4 or esize % 8:
+            raise RuntimeError("unexpected ct_key/ct_entry layout")
+        # The key as bpf/flow.h builds it: each address's wire bytes read as
+        # host-order u32 words; the smaller (address, port) is the lo side.
+        # The server's words are below every client's, so the opener (the
+        # client) is the hi side: CT_F_ORIG_IS_HI.
+        def word(a):
+            return int.from_bytes(bytes(a), "little")
+
+        def port(p):
+            return int.from_bytes(p.to_bytes(2, "big"), "little")
+
+        server = word(SERVER)
+        if any(word(_client_addr(t)) <= server for t in range(_clients(n))):
+            raise RuntimeError("client address below the server's: the key order assumption fails")
+        cl_words, cl_ports = array("I"), array("H")
+        for addr, sport in _tuples(n):
+            cl_words.append(word(addr))
+            cl_ports.append(port(sport))
+        keys = bytearray(ksize * n)
+        k32 = memoryview(keys).cast("I")
+        k16 = memoryview(keys).cast("H")
+        k32[abi.CtKey.addr_lo.offset // 4::ksize // 4] = array("I", [server]) * n
+        k32[abi.CtKey.addr_hi.offset // 4::ksize // 4] = cl_words
+        k16[abi.CtKey.port_lo.offset // 2::ksize // 2] = array("H", [port(SERVER_PORT)]) * n
+        k16[abi.CtKey.port_hi.offset // 2::ksize // 2] = cl_ports
+        raw = memoryview(keys)
+        raw[abi.CtKey.proto.offset::ksize] = bytes([17]) * n
+        raw[abi.CtKey.family.offset::ksize] = bytes([abi.const("CT_FAMILY_IPV4")]) * n
+
+        values = bytearray(esize * n)
+        q = memoryview(values).cast("Q")
+        now = time.monotonic_ns()
+        q[abi.CtEntry.expires_ns.offset // 8::esize // 8] = array("Q", [now + LIVE_FOR_NS]) * n
+        q[abi.CtEntry.created_ns.offset // 8::esize // 8] = array("Q", [now - NS]) * n
+        q[abi.CtEntry.packets.offset // 8::esize // 8] = array("Q", [1]) * n      # packets[orig]
+        q[abi.CtEntry.bytes.offset // 8::esize // 8] = array("Q", [28]) * n       # bytes[orig]
+        memoryview(values)[abi.CtEntry.flags.offset::esize] = (
+            bytes([abi.const("CT_F_ORIG_IS_HI")]) * n)
+        return keys, values
+
+    def _update(self, name: str, keys: bytearray, values: bytearray, first: int,
+                count: int) -> None:
+        ksize, esize = len(keys) // self.n, len(values) // self.n
+        fd = bpfsys.obj_get(str(self.pin_dir / name))
+        try:
+            kbuf = (ctypes.c_char * len(keys)).from_buffer(keys)
+            vbuf = (ctypes.c_char * len(values)).from_buffer(values)
+            done = bpfsys.update_batch(fd, ctypes.addressof(kbuf) + first * ksize,
+                                       ctypes.addressof(vbuf) + first * esize, count)
+        finally:
+            os.close(fd)
+        if done != count:
+            raise RuntimeError(f"{name}: the batch update stopped at {done} of {count}")
+
+    def present(self) -> int:
+        return sum(table.read_raw(self.pin_dir, t)[2] for t in table.TABLES)
+
+    def list_cmd(self, output: str = "json") -> list[str]:
+        return [*_ctbpf_cmd(), "list", "--pin-dir", str(self.pin_dir), "-o", output]
+
+    def close(self) -> None:
+        remove_pins(self.pin_dir)
+
+
+# --------------------------------------------------------------------------
+# kernel side: nf_conntrack in a private namespace, filled by trafgen
+
+
+CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+
+
+class KernelTable:
+    """nf_conntrack in a private namespace holding the first `count` flows
+    of _tuples(n)."""
+
+    def __init__(self, n: int, count: int, tag: str, timeout: float) -> None:
+        self.n = n
+        self.want = count
+        self.timeout = timeout
+        self.tx_ns, self.rx_ns = f"ctbcp-tx-{tag}", f"ctbcp-rx-{tag}"
+        self.tx_if, self.rx_if = f"cbtx{tag}"[:15], f"cbrx{tag}"[:15]
+        self.made: list[str] = []
+        self.ct_max_restore: tuple[int, int] | None = None   # (previous, ours)
+        self.cfg_path: Path | None = None
+
+    def setup(self) -> dict:
+        for tool in ("trafgen", "conntrack", "nft"):
+            if not any(Path(d, tool).exists() for d in ("/usr/sbin", "/usr/bin", "/sbin")):
+                raise RuntimeError(f"{tool} is missing: `bash scripts/setup.sh` installs it")
+        info = {}
+        for ns in (self.tx_ns, self.rx_ns):
+            _run(["ip", "netns", "add", ns])
+            self.made.append(ns)
+        _run(["ip", "link", "add", self.tx_if, "netns", self.tx_ns, "type", "veth",
+              "peer", "name", self.rx_if, "netns", self.rx_ns])
+        rx = ["ip", "netns", "exec", self.rx_ns]
+        for ns, ifname in ((self.tx_ns, self.tx_if), (self.rx_ns, self.rx_if)):
+            _run(["ip", "-n", ns, "link", "set", ifname, "up"])
+        _run(["ip", "-n", self.rx_ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", self.rx_ns, "addr", "add", ".".join(map(str, SERVER)) + "/16",
+              "dev", self.rx_if])
+        # conntrack is on in a namespace once a rule needs it
+        _run([*rx, "nft", "-f", "-"], input="table inet ctbench {\n chain pre {\n"
+             "  type filter hook prerouting priority 0; ct state new counter\n }\n}\n")
+        _run([*rx, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600",
+              "net.netfilter.nf_conntrack_checksum=0", "net.ipv4.conf.all.rp_filter=0",
+              f"net.ipv4.conf.{self.rx_if}.rp_filter=0"])
+        previous = int(CT_MAX.read_text())
+        info["nf_conntrack_max_before"] = previous
+        if previous < self.want + 1024:
+            ours = self.want + 1024
+            CT_MAX.write_text(f"{ours}\n")
+            self.ct_max_restore = (previous, ours)
+            info["nf_conntrack_max_raised_to"] = ours
+        info["nf_conntrack_buckets"] = int(Path("/proc/sys/net/netfilter/"
+                                                "nf_conntrack_buckets").read_text())
+        mac = json.loads(_run(["ip", "-n", self.rx_ns, "-j", "link", "show",
+                               self.rx_if]).stdout)[0]["address"]
+        self.cfg_path = Path(f"/tmp/ctbench-cp-{self.rx_ns}.trafgen")
+        lines = [f"{{ eth(da={mac}, sa=02:00:00:00:00:01), "
+                 f"ipv4(saddr={'.'.join(map(str, _client_addr(t)))}, "
+                 f"daddr={'.'.join(map(str, SERVER))}, ttl=64), "
+                 f"udp(sp=dinc(1, {_ports(self.n)}), dp={SERVER_PORT}, csum=0) }}"
+                 for t in range(_clients(self.n))]
+        self.cfg_path.write_text("\n".join(lines) + "\n")
+        t0 = time.perf_counter()
+        passes = 0
+        while True:   # packets a full backlog dropped are sent again: at most 3 passes
+            passes += 1
+            _run(["ip", "netns", "exec", self.tx_ns, "trafgen", "-i", str(self.cfg_path),
+                  "-o", self.tx_if, "-n", str(self.want), "-P", "1", "-q"],
+                 timeout=self.timeout)
+            count = self.count()
+            if count >= self.want or passes == 3:
+                break
+        info["fill_s"] = round(time.perf_counter() - t0, 3)
+        info["fill_passes"] = passes
+        if count != self.want:
+            raise RuntimeError(f"nf_conntrack holds {count} entries after {passes} trafgen "
+                               f"passes, not {self.want}")
+        return info
+
+    def count(self) -> int:
+        r = _run(["ip", "netns", "exec", self.rx_ns, "sysctl", "-n",
+                  "net.netfilter.nf_conntrack_count"])
+        return int(r.stdout)
+
+    def list_cmd(self, output: str | None = None) -> list[str]:
+        return ["ip", "netns", "exec", self.rx_ns, "conntrack", "-L",
+                *(["-o", output] if output else [])]
+
+    def close(self) -> None:
+        for ns in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made.clear()
+        if self.cfg_path is not None:
+            self.cfg_path.unlink(missing_ok=True)
+        if self.ct_max_restore is not None:
+            previous, ours = self.ct_max_restore
+            try:   # only if nobody changed it meanwhile
+                if int(CT_MAX.read_text()) == ours:
+                    CT_MAX.write_text(f"{previous}\n")
+            except OSError:
+                pass
+            self.ct_max_restore = None
+
+
+# --------------------------------------------------------------------------
+# the exporter: `ctbpf run --metrics-addr` in a namespace of its own
+
+
+_SCRAPER = r"""
+import http.client, json, re, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+out = []
+for i in range(count):
+    t0 = time.perf_counter()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    body = r.read()
+    dt = time.perf_counter() - t0
+    c.close()
+    entries = sum(float(v) for v in re.findall(rb'^ctbpf_entries\{[^}]*\} (\S+)$', body, re.M))
+    out.append({"s": dt, "status": r.status, "bytes": len(body), "entries": entries})
+print(json.dumps(out))
+"""
+
+
+class Exporter:
+    def __init__(self, pin_dir: Path, table_size: int, tag: str, timeout: float) -> None:
+        self.pin_dir = pin_dir
+        self.table_size = table_size
+        self.ns = f"ctbcp-m-{tag}"
+        self.timeout = timeout
+        self.proc: subprocess.Popen | None = None
+        self.log_path = Path(f"/tmp/ctbench-cp-{self.ns}.log")
+        self.made = False
+
+    def start(self) -> dict:
+        _run(["ip", "netns", "add", self.ns])
+        self.made = True
+        _run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", self.ns, "link", "add", "cbm0", "type", "veth", "peer", "name", "cbm1"])
+        for ifname in ("cbm0", "cbm1"):
+            _run(["ip", "-n", self.ns, "link", "set", ifname, "up"])
+        t0 = time.perf_counter()
+        log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, *_ctbpf_cmd(), "run", "--iface", "cbm0",
+             "--xdp-mode", "generic", "--pin-dir", str(self.pin_dir),
+             "--max", str(self.table_size), "--metrics-addr", f"127.0.0.1:{METRICS_PORT}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + self.timeout
+        while "ctbpf: tracking on" not in self.log_path.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ctbpf run exited {self.proc.returncode}: "
+                                   f"{self.log_path.read_text().strip()[-500:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ctbpf run not tracking after {self.timeout:g} s")
+            time.sleep(0.1)
+        return {"start_s": round(time.perf_counter() - t0, 3)}
+
+    def scrape(self, count: int) -> list[dict]:
+        r = _run(["ip", "netns", "exec", self.ns, sys.executable, "-c", _SCRAPER,
+                  str(METRICS_PORT), str(count)], timeout=self.timeout)
+        return json.loads(r.stdout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if self.made:
+            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+            self.made = False
+        self.log_path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------
+# the benchmark
+
+
+def run(args) -> dict:
+    n, runs = args.controlplane_entries, max(1, args.controlplane_runs)
+    list_n = min(args.controlplane_list_entries or n, n)
+    if not 1 <= n <= 250 * 250 * PORTS_PER_CLIENT or n > args.controlplane_table_size:
+        raise ValueError(f"--controlplane-entries {n}: out of range (at most the table size)")
+    tag = secrets.token_hex(3)
+    timeout = args.controlplane_timeout
+    ours = CtbpfTable(n, args.controlplane_table_size, tag)
+    kernel = None if args.controlplane_no_kernel else KernelTable(n, list_n, tag, timeout)
+    exporter = None
+    setup: dict = {}
+    figures: dict = {}
+    try:
+        setup["ctbpf"] = ours.setup()
+        print(f"  filling the ctbpf table with {list_n} flows", flush=True)
+        setup["ctbpf"]["fill_list_s"] = ours.fill(list_n)
+        if kernel is not None:
+            print(f"  filling nf_conntrack with {list_n} flows (trafgen)", flush=True)
+            setup["kernel"] = kernel.setup()
+        figures["list"] = _list_figures(ours, kernel, list_n, runs, timeout)
+        if kernel is not None:
+            kernel.close()   # frees the conntrack entries before the scrape
+
+        if not args.controlplane_no_metrics:
+            print(f"  filling the ctbpf table up to {n} flows; ctbpf run --metrics-addr",
+                  flush=True)
+            setup["ctbpf"]["fill_rest_s"] = ours.fill(n)
+            exporter = Exporter(ours.pin_dir, args.controlplane_table_size, tag, timeout)
+            setup["exporter"] = exporter.start()
+            warm = exporter.scrape(1)   # the first scrape after start, on its own
+            scrapes = exporter.scrape(max(1, args.controlplane_scrapes))
+            bad = [s for s in warm + scrapes if s["status"] != 200 or s["entries"] != n]
+            if bad:
+                raise RuntimeError(f"a scrape did not report {n} entries: {bad[0]}")
+            figures["scrape"] = {"entries": n, "first_s": round(warm[0]["s"], 4),
+                                 "wall_s": common.spread([s["s"] for s in scrapes]),
+                                 "bytes": scrapes[0]["bytes"]}
+    finally:
+        if exporter is not None:
+            exporter.stop()
+        if kernel is not None:
+            kernel.close()
+        ours.close()
+
+    return {"config": {"entries": n, "list_entries": list_n, "runs": runs,
+                       "scrapes": args.controlplane_scrapes,
+                       "table_size": args.controlplane_table_size,
+                       "ctbpf_list": "ctbpf list --pin-dir DIR -o json > /dev/null",
+                       "kernel_list": "ip netns exec NS conntrack -L > /dev/null"},
+            "setup": setup, "figures": figures, "targets": _targets(figures),
+            "plots": _plots(figures)}
+
+
+def _list_figures(ours: CtbpfTable, kernel: KernelTable | None, count: int, runs: int,
+                  timeout: float) -> dict:
+    # one untimed run of each: every flow printed, caches warm
+    shown = _count_in_stream(ours.list_cmd("json"), b'"protonum"', timeout)
+    if shown != count:
+        raise RuntimeError(f"ctbpf list -o json printed {shown} flows, not {count}")
+    if kernel is not None:
+        shown = _count_in_stream(kernel.list_cmd(), b"\n", timeout)
+        if shown != count:
+            raise RuntimeError(f"conntrack -L printed {shown} lines, not {count}")
+    raw: dict[str, list[dict]] = {"ctbpf_json": []}
+    if kernel is not None:
+        raw["conntrack"] = []
+    for i in range(runs):   # interleaved: drift on the machine hits both alike
+        raw["ctbpf_json"].append(timed_command(ours.list_cmd("json"), timeout))
+        if kernel is not None:
+            raw["conntrack"].append(timed_command(kernel.list_cmd(), timeout))
+        print(f"  list run {i + 1}/{runs}: " + ", ".join(
+            f"{k} {v[-1]['wall']:.2f} s" for k, v in raw.items()), flush=True)
+    out = {k: {"wall_s": common.spread([r["wall"] for r in v]),
+               "cpu_s": common.spread([r["cpu"] for r in v]),
+               "us_per_entry": round(statistics.median(r["wall"] for r in v) / count * 1e6, 3)}
+           for k, v in raw.items()}
+    out["entries"] = count
+    return out
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else (
+        f"{n // 1000}k" if n % 1000 == 0 else str(n))
+
+
+def _targets(f: dict) -> list[dict]:
+    rows = []
+    lst = f.get("list", {})
+    if "ctbpf_json" in lst:
+        size = _size(lst["entries"])
+        mine = lst["ctbpf_json"]["wall_s"]
+        base = lst.get("conntrack", {}).get("wall_s")
+        speedup = round(base["median"] / mine["median"], 2) if base else None
+        rows.append(common.target_row(
+            f"list {size} entries: `ctbpf list -o json` vs `conntrack -L`", "s", mine,
+            f"ctbpf >= {TARGET_LIST_SPEEDUP:g}x faster (ratio <= {1 / TARGET_LIST_SPEEDUP:.2f})",
+            None if speedup is None else speedup >= TARGET_LIST_SPEEDUP,
+            baseline=base, baseline_name="conntrack -L",
+            note=(f"{speedup:g}x" if speedup is not None and speedup >= 1 else
+                  f"{1 / speedup:.1f}x slower" if speedup else
+                  "baseline skipped (--controlplane-no-kernel)")))
+    if "scrape" in f:
+        s = f["scrape"]["wall_s"]
+        rows.append(common.target_row(
+            f"scrape /metrics at {_size(f['scrape']['entries'])} entries", "s", s,
+            f"<= {TARGET_SCRAPE_S:g}", s["median"] <= TARGET_SCRAPE_S))
+    return rows
+
+
+def _plots(f: dict) -> list[str]:
+    try:
+        plots = []
+        if "list" in f:
+            size = _size(f["list"]["entries"])
+            names = {"ctbpf_json": "ctbpf list -o json", "conntrack": "conntrack -L"}
+            groups = {f"list {size} entries": {names[k]: f["list"][k]["wall_s"]
+                                               for k in names if k in f["list"]}}
+            plots.append(common.plot_bars("controlplane-list", f"Listing {size} entries "
+                                          "(median, min-max)", "seconds", groups))
+        if "scrape" in f:
+            size = _size(f["scrape"]["entries"])
+            plots.append(common.plot_bars(
+                "controlplane-scrape", f"GET /metrics at {size} entries (median, min-max)",
+                "seconds", {f"{size} entries": {"ctbpf /metrics": f["scrape"]["wall_s"]}}))
+        return plots
+    except ImportError as e:   # matplotlib missing: the figures stand without plots
+        print(f"  no plots: {e}", file=sys.stderr)
+        return []
+
+
+def summary(result: dict) -> str:
+    c, f = result["config"], result["figures"]
+    lines = [f"list at {c['list_entries']} entries ({c['runs']} runs), scrape at "
+             f"{c['entries']} entries; median [min, max]"]
+    names = {"ctbpf_json": "ctbpf list -o json", "conntrack": "conntrack -L"}
+    for k, name in names.items():
+        if k not in f.get("list", {}):
+            continue
+        v = f["list"][k]
+        w, cpu = v["wall_s"], v["cpu_s"]
+        lines.append(f"  {name:<20} wall {w['median']:.3f} s [{w['min']:.3f}, "
+                     f"{w['max']:.3f}]  cpu {cpu['median']:.3f} s  "
+                     f"({v['us_per_entry']:.2f} us per entry)")
+    if "scrape" in f:
+        w = f["scrape"]["wall_s"]
+        lines.append(f"  {'GET /metrics':<20} wall {w['median']:.3f} s [{w['min']:.3f}, "
+                     f"{w['max']:.3f}] over {w['n']} scrapes (first {f['scrape']['first_s']:.3f}"
+                     f" s, {f['scrape']['bytes']} bytes)")
+    lines += ["", common.table(result["targets"])]
+    return "\n".join(lines)
