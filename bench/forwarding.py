@@ -56,6 +56,16 @@ CPU time tracking adds to each packet, which is the cleaner comparison.
 - `ctbpf`: `ctbpf run --iface cli0 --iface srv0 --xdp-mode auto` (the
   product's default: native XDP on veth), the sweeper and the event relay
   running as in production, no nftables ruleset (kernel tracking off).
+- `xdp_pass` (TCP cells only, to keep the run short): an empty XDP
+  program returning XDP_PASS, attached natively to the same two
+  interfaces (`bench/traffic/xdp_pass.py`). It prices the XDP hook itself
+  on veth: to run XDP, veth turns every skb into an XDP buffer with 256
+  bytes of headroom, which for frames from a packet socket or the stack
+  means a copy, before ctbpf does anything.
+
+When the router's input ring is full with XDP attached, veth stops the
+sender's queue and trafgen exits on EAGAIN; it is restarted at once
+(`trafgen_restarts` in the raw data).
 
 **Equal capacity.** `nf_conntrack_max` and `nf_conntrack_buckets` are
 read-only inside a network namespace (they are the host's global values),
@@ -74,14 +84,15 @@ timed part, and every run starts from an empty table (`conntrack -F`,
 - UDP: one packet per flow from the client, then one reply per flow from
   the server (trafgen in the server namespace): both trackers see the
   reply, the flows are ESTABLISHED.
-- TCP: a real three-way handshake per flow, SYN from the client, SYN/ACK
+- TCP: a real three-way handshake per flow (54-byte segments), SYN from the client, SYN/ACK
   from the server, ACK from the client (trafgen, one packet per flow each,
   consistent sequence numbers), so the kernel's tracker has ESTABLISHED,
   ASSURED flows with window state, not mid-stream pickups (which would be
   `ct state new` until a reply and would skip the handshake's validation).
   The timed packets are ACK+PSH segments with 10 bytes of data at the
   sequence number after the handshake, within the advertised window.
-- `new`: UDP datagrams or TCP SYNs, each from a new source; nothing
+- `new`: UDP datagrams or TCP SYNs (54-byte frames, no options), each
+  from a new source; nothing
   answers. The kernel's table and ctbpf's LRU table of unassured flows fill
   and evict (early drop) during the run, as they would under such a load.
 
@@ -194,11 +205,14 @@ def trafgen_conf(*, dmac: str, src: str, dst: str, proto: str, flows: str,
 class Router:
     """A lab, its sinks, and the router configuration of the moment."""
 
-    def __init__(self) -> None:
+    def __init__(self, sinks: dict[str, str] | None = None, nft_track: str = NFT_TRACK,
+                 tag: str = "fwd") -> None:
         from ctbpf.lab import Lab  # noqa: PLC0415
 
         self.lab = Lab()
-        self.tmp = Path(tempfile.mkdtemp(prefix="ctbpf-bench-fwd-"))
+        self.tag = tag
+        self.nft_track = nft_track
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"ctbpf-bench-{tag}-"))
         self.pin_dir: Path | None = None
         self.tracker: subprocess.Popen | None = None
         self.config = "none"
@@ -206,8 +220,8 @@ class Router:
         if not self.lab.warm_up():
             raise RuntimeError(f"lab {self.lab.prefix}: the client cannot ping the server")
         # Neither end host answers what it receives (no RST, no ICMP).
-        for ns in ("client", "server"):
-            self.lab.nft(ns, NFT_SINK)
+        for ns, ruleset in (sinks or {"client": NFT_SINK, "server": NFT_SINK}).items():
+            self.lab.nft(ns, ruleset)
         self.mac_rc = self._mac("router", "cli0")
         self.mac_rs = self._mac("router", "srv0")
         self.nf_max = int(self._read("router", "/proc/sys/net/netfilter/nf_conntrack_max"))
@@ -266,7 +280,7 @@ class Router:
         self.clear_config()
         t0 = time.monotonic()
         if config == "nf_conntrack":
-            self.lab.nft("router", NFT_TRACK)
+            self.lab.nft("router", self.nft_track)
         elif config == "ctbpf":
             self._start_ctbpf()
         elif config == "xdp_pass":
@@ -279,7 +293,7 @@ class Router:
         return {"setup_s": round(time.monotonic() - t0, 2)}
 
     def _start_ctbpf(self) -> None:
-        self.pin_dir = BPFFS / f"ctbpf-bench-fwd-{secrets.token_hex(4)}"
+        self.pin_dir = BPFFS / f"ctbpf-bench-{self.tag}-{secrets.token_hex(4)}"
         argv = [sys.executable, "-m", "ctbpf.cli", "run", "--iface", "cli0", "--iface", "srv0",
                 "--pin-dir", str(self.pin_dir), "--max", str(self.nf_max),
                 "--xdp-mode", "auto", "--metrics-addr", "none"]
@@ -366,6 +380,63 @@ class Router:
 
 
 # --------------------------------------------------------------------------
+# load
+
+
+class Blaster:
+    """trafgen at full speed from `ns` until stop(), bounded by `seconds` and
+    by `max_packets` per trafgen process. trafgen exits when its TX ring
+    flush fails with EAGAIN (veth with XDP on the peer stops its queue when
+    the peer's ring is full); it is then started again at once, at most
+    MAX_RESTARTS times, and the restarts are counted."""
+
+    MAX_RESTARTS = 500
+
+    def __init__(self, r: "Router", ns: str, conf: Path, max_packets: int, seconds: float):
+        import threading  # noqa: PLC0415
+
+        self.r, self.ns, self.conf = r, ns, conf
+        self.max_packets, self.deadline = max_packets, time.monotonic() + seconds
+        self.stopped = threading.Event()
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.is_set() and self.restarts <= self.MAX_RESTARTS:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.proc = self.r.lab.popen(self.ns, [
+                "timeout", "-s", "INT", f"{left:.2f}", "trafgen", "-o", "eth0", "-i",
+                str(self.conf), "-n", str(self.max_packets), "-P", "1", "-q"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, err = self.proc.communicate()
+            if self.stopped.is_set():
+                break
+            self.restarts += 1
+            if len(self.errors) < 3:
+                self.errors.append(f"exit {self.proc.returncode}: {err.strip()[-200:]}")
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        self.thread.join(15)
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------
 # one run
 
 
@@ -386,27 +457,16 @@ def prepare(r: Router, proto: str, flows: str) -> dict:
 
 
 def measure(r: Router, proto: str, flows: str, seconds: float, max_packets: int) -> dict:
-    conf = r.conf(proto, flows)
-    bound = RAMP_S + seconds + 5
-    proc = r.lab.popen("client", ["timeout", "-s", "INT", f"{bound:g}", "trafgen", "-o", "eth0",
-                                  "-i", str(conf), "-n", str(max_packets), "-P", "1", "-q"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    blaster = Blaster(r, "client", r.conf(proto, flows), max_packets, RAMP_S + seconds + 5)
     try:
         time.sleep(RAMP_S)
         c0, t0 = r.counters(), time.monotonic()
         time.sleep(seconds)
         c1, t1 = r.counters(), time.monotonic()
-        if proc.poll() is not None:
-            raise RuntimeError(f"trafgen ended before the window closed (exit {proc.returncode}):"
-                               f" {proc.stderr.read()[-300:]}")
+        if not blaster.running:
+            raise RuntimeError(f"trafgen stopped before the window closed: {blaster.errors}")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        blaster.stop()
     dt = t1 - t0
     d = {k: {f: c1[k][f] - c0[k][f] for f in c0[k]} for k in c0}
     fwd = d["server.eth0"]["rx"]
@@ -414,6 +474,7 @@ def measure(r: Router, proto: str, flows: str, seconds: float, max_packets: int)
     return {"pps": fwd / dt, "forwarded": fwd, "sent": sent, "window_s": round(dt, 4),
             "delivered": round(fwd / sent, 4) if sent else None,
             "router_rx_dropped": d["router.cli0"]["rx_dropped"],
+            "trafgen_restarts": blaster.restarts, "trafgen_errors": blaster.errors,
             "client_tx_dropped": d["client.eth0"]["tx_dropped"]}
 
 
