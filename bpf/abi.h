@@ -121,6 +121,7 @@ enum ct_stat {
 	CT_STAT_EVENT_LOST = 16,    /* events the ring buffer had no room for */
 	CT_STAT_DEMOTE = 17,        /* ASSURED entries moved back to ct_new as they close */
 	CT_STAT_USER_DELETE = 18,   /* entries deleted by `ctbpf delete` / `flush` */
+	CT_STAT_TIMER_LOST = 19,    /* expiry registrations ct_timers had no room for */
 	CT_STAT_INVALID_BASE = 32,
 	CT_STAT_MAX = 48,
 };
@@ -226,6 +227,31 @@ struct ct_event {
 enum ct_sweep_mode {
 	CT_SWEEP_EXPIRED = 0,
 	CT_SWEEP_USER = 1,
+	CT_SWEEP_DUE = 2,
+};
+
+/* CT_SWEEP_DUE: keys the expiry index says are due, from either table. After
+ * CT_SWEEP_BATCH key slots the program writes one u64 per key: DELETED (it
+ * was still expired: DESTROY, CT_STAT_SWEPT), GONE (in neither table), or
+ * else the entry saw traffic since and this is its expires_ns, to index
+ * again. */
+#define CT_DUE_DELETED 0
+#define CT_DUE_GONE 1
+
+/*
+ * The expiry index. The datapath writes one record into the ct_timers ring
+ * buffer when it creates an entry and whenever an entry's expiry moves
+ * earlier (a TCP state with a shorter timeout); a later expiry needs no
+ * record, because the entry's earliest record comes due first and the
+ * sweeper then indexes it again at its current expiry. So every live entry
+ * always has a record due no later than itself, and a sweep reads only what
+ * is due instead of the whole table. A record the ring has no room for is
+ * counted in CT_STAT_TIMER_LOST, and the sweeper rebuilds the index with a
+ * walk of the tables.
+ */
+struct ct_timer {
+	struct ct_key key;
+	__u64 expires_ns;
 };
 
 enum ct_table_id {

@@ -29,6 +29,13 @@
 #define CT_EVENTS_BYTES (1 << 20)
 #endif
 
+/* Size of the expiry index's ring (struct ct_timer records of 56 bytes with
+ * the ring's header): 16 MiB holds about 300,000 registrations, several
+ * seconds of a flood of new flows between two reads by the sweeper. */
+#ifndef CT_TIMERS_BYTES
+#define CT_TIMERS_BYTES (1 << 24)
+#endif
+
 /* Where the maps are pinned; the loader always passes it. */
 #ifndef CT_PIN_DIR
 #define CT_PIN_DIR "/sys/fs/bpf/ctbpf"

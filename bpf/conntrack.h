@@ -49,6 +49,24 @@ static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_count
 }
 
 /**
+ * ct_register - index an entry under its expiry (see struct ct_timer). A
+ * full ring loses the record, counted; the sweeper then rebuilds the index.
+ */
+static __always_inline void ct_register(const struct ct_key *key, __u64 expires_ns,
+				       struct ct_counters *st)
+{
+	struct ct_timer *t = ct_timers.ringbuf_reserve(sizeof(*t));
+
+	if (!t) {
+		ct_count(st, CT_STAT_TIMER_LOST);
+		return;
+	}
+	__builtin_memcpy(&t->key, key, sizeof(*key));
+	t->expires_ns = expires_ns;
+	ct_timers.ringbuf_submit(t, 0);
+}
+
+/**
  * ct_destroy - report an entry's end and delete it from its table; `stat`
  * says which counter records why (expired, deleted, swept).
  */
@@ -199,6 +217,7 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		ct_count(st, CT_STAT_INSERT_FAILED);
 	} else {
 		ct_count(st, CT_STAT_INSERT);
+		ct_register(key, ne.expires_ns, st);
 		ct_emit(cfg, st, key, &ne, CT_EVENT_NEW, CT_DESTROY_NONE);
 	}
 	ct_count(st, CT_STAT_PKT_NEW);
@@ -215,6 +234,7 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 	struct ct_entry *e = ct_find(&key, now, &in_assured, cfg, st);
 	int dir, seen_reply, state, assured;
 	__u8 old_state, old_flags;
+	__u64 old_expires;
 
 	if (!e)
 		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
@@ -225,6 +245,7 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 	state = ct_known_state(dir, seen_reply);
 	old_state = e->state;
 	old_flags = e->flags;
+	old_expires = e->expires_ns;
 
 	switch (ct_track_proto(e, pkt, dir, cfg, now)) {
 	case CT_TRACK_INVALID:
@@ -245,6 +266,9 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 		if (e->state != old_state ||
 		    ((e->flags ^ old_flags) & (CT_F_SEEN_REPLY | CT_F_ASSURED)))
 			ct_emit(cfg, st, &key, e, CT_EVENT_UPDATE, CT_DESTROY_NONE);
+		/* Only an earlier expiry needs a record: see struct ct_timer. */
+		if (e->expires_ns < old_expires)
+			ct_register(&key, e->expires_ns, st);
 		assured = (e->flags & CT_F_ASSURED) && !ct_is_closing(&key, e);
 		if (assured != in_assured)
 			ct_move(&key, e, in_assured, st);

@@ -38,4 +38,9 @@ struct ct_events_table_t {
 __attribute__((section("maps/ringbuf:" CT_PIN_DIR "/ct_events")))
 struct ct_events_table_t ct_events = { .max_entries = CT_EVENTS_BYTES };
 
+/* The expiry index's registrations (struct ct_timer, see abi.h), read by
+ * the sweeper through mmap. Same spelled-out table as ct_events. */
+__attribute__((section("maps/ringbuf:" CT_PIN_DIR "/ct_timers")))
+struct ct_events_table_t ct_timers = { .max_entries = CT_TIMERS_BYTES };
+
 #endif /* CTBPF_MAPS_H */

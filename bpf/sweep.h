@@ -41,6 +41,27 @@ static __always_inline int user_delete_one(struct ct_key *key, const struct ct_c
 	return 0;
 }
 
+/* A key the expiry index says is due: deleted if still expired, else its
+ * current expiry for the index (CT_DUE_* in abi.h). */
+static __always_inline __u64 due_one(struct ct_key *key, __u64 now,
+				     const struct ct_config *cfg, struct ct_counters *st)
+{
+	/* ct_new first: most flows end there (unreplied, UDP, closing TCP). */
+	int assured = 0;
+	struct ct_entry *e = ct_new.lookup(key);
+
+	if (!e) {
+		assured = 1;
+		e = ct_assured.lookup(key);
+		if (!e)
+			return CT_DUE_GONE;
+	}
+	if (e->expires_ns > now)
+		return e->expires_ns;
+	ct_destroy(key, e, assured, CT_DESTROY_EXPIRED, CT_STAT_SWEPT, cfg, st);
+	return CT_DUE_DELETED;
+}
+
 /**
  * sweep_batch - delete the request's keys its mode allows (CT_SWEEP_USER
  * also writes one result byte per key). Returns how many were deleted.
@@ -78,6 +99,25 @@ static __always_inline int sweep_batch(void *data, void *data_end)
 			done = user_delete_one(&key, cfg, st);
 			results[i] = done;
 			deleted += done;
+		}
+		return deleted;
+	}
+	if (hdr->mode == CT_SWEEP_DUE) {
+		__u64 *results = data + sizeof(*hdr) + CT_SWEEP_BATCH * sizeof(struct ct_key);
+
+		if ((void *)(results + CT_SWEEP_BATCH) > data_end)
+			return 0;
+		for (int i = 0; i < CT_SWEEP_BATCH; i++) {
+			struct ct_key key;
+			void *k = data + sizeof(*hdr) + i * sizeof(key);
+			__u64 r;
+
+			if (i >= count || k + sizeof(key) > data_end)
+				break;
+			__builtin_memcpy(&key, k, sizeof(key));
+			r = due_one(&key, now, cfg, st);
+			results[i] = r;
+			deleted += r == CT_DUE_DELETED;
 		}
 		return deleted;
 	}

@@ -89,6 +89,7 @@ CtConfig = STRUCTS["ct_config"]
 CtCounters = STRUCTS["ct_counters"]
 CtEvent = STRUCTS["ct_event"]
 CtSweepHeader = STRUCTS["ct_sweep_header"]
+CtTimer = STRUCTS["ct_timer"]
 
 
 def members(enum: str, prefix: str) -> dict[int, str]:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
               "ct_assured": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry), max_entries),
               "ct_config": (4, ctypes.sizeof(abi.CtConfig), 1),
               "ct_stats": (4, ctypes.sizeof(abi.CtCounters), 1),
-              "ct_events": (0, 0, None)}  # ring buffer: its size is not ours to check
+              "ct_events": (0, 0, None),  # ring buffers: their size is not ours to check
+              "ct_timers": (0, 0, None)}
     if "ct_config" in present:
         version = read_config(pin_dir).value[abi.const("CT_CFG_LAYOUT_VERSION")]
         if version != abi.LAYOUT_VERSION:
@@ -131,6 +133,66 @@ def _run_sweep(prog_fd: int, keys: bytes, mode: int, table_id: int = 0) -> list[
         at = head + per_run * key_size
         results += [b == 1 for b in out[at:at + count]]
     return results
+
+
+class DueResult:
+    """What the sweep program did with the due keys it was given."""
+
+    __slots__ = ("deleted", "gone", "kept_keys", "kept_expiries")
+
+    def __init__(self) -> None:
+        self.deleted = 0
+        self.gone = 0
+        self.kept_keys = bytearray()    # raw keys of entries that saw traffic since
+        self.kept_expiries: list[int] = []   # ... and their current expires_ns
+
+
+def sweep_due_keys(prog_fd: int, keys, out: DueResult | None = None,
+                   runner: bpfsys.TestRunner | None = None) -> DueResult:
+    """Run the sweep program in CT_SWEEP_DUE mode over raw keys (back to
+    back), CT_SWEEP_BATCH per run: still-expired entries are deleted in the
+    kernel; the others are reported with their current expiry. A runner
+    from due_runner() saves the buffers' set-up on repeated calls."""
+    out = out if out is not None else DueResult()
+    runner = runner if runner is not None else due_runner(prog_fd)
+    key_size = ctypes.sizeof(abi.CtKey)
+    per_run = abi.const("CT_SWEEP_BATCH")
+    deleted, gone = abi.const("CT_DUE_DELETED"), abi.const("CT_DUE_GONE")
+    head = ctypes.sizeof(abi.CtSweepHeader)
+    results_at = head + per_run * key_size
+    count_at = abi.CtSweepHeader.count.offset
+    mv = memoryview(keys)
+    data_in = runner.data_in
+    results = memoryview(runner.data_out)[results_at:results_at + 8 * per_run].cast("Q")
+    for start in range(0, len(mv), per_run * key_size):
+        chunk = mv[start:start + per_run * key_size]
+        count = len(chunk) // key_size
+        struct.pack_into("=I", data_in, count_at, count)
+        data_in[head:head + len(chunk)] = chunk
+        runner.run()
+        values = results[:count].tolist()
+        n_deleted = values.count(deleted)
+        n_gone = values.count(gone)
+        out.deleted += n_deleted
+        out.gone += n_gone
+        if n_deleted + n_gone == count:
+            continue
+        for i, v in enumerate(values):
+            if v > gone:
+                out.kept_keys += chunk[i * key_size:(i + 1) * key_size]
+                out.kept_expiries.append(v)
+    return out
+
+
+def due_runner(prog_fd: int) -> bpfsys.TestRunner:
+    """Reusable buffers for sweep_due_keys: a CT_SWEEP_DUE header, a full
+    batch of key slots, and room for the results."""
+    per_run = abi.const("CT_SWEEP_BATCH")
+    size = ctypes.sizeof(abi.CtSweepHeader) + per_run * (ctypes.sizeof(abi.CtKey) + 8)
+    runner = bpfsys.TestRunner(prog_fd, size)
+    runner.data_in[:ctypes.sizeof(abi.CtSweepHeader)] = bytes(
+        abi.CtSweepHeader(mode=abi.const("CT_SWEEP_DUE")))
+    return runner
 
 
 def sweep_keys(prog_fd: int, table_id: int, keys: bytes) -> int:
@@ -197,11 +259,15 @@ class Datapath:
 
     pin_dir: Path
     max_entries: int = 65536
+    # Bytes of the expiry index's ring (a power of two, at least a page);
+    # None keeps bpf/config.h's CT_TIMERS_BYTES. Tests make it small.
+    timers_bytes: int | None = None
     _bpf: object = None
     _funcs: dict = field(default_factory=dict)
     _attached: list = field(default_factory=list)
     reused: bool = False
     _on_event: object = None
+    _due_runner: object = None
     # Map ids of flow tables whose ctbpf programs this datapath may replace
     # where it attaches (adoption, see ctbpf/restart.py): its own pinned
     # tables, plus old ones it was rebuilt from or discarded.
@@ -227,6 +293,8 @@ class Datapath:
         self.reused = check_pinned(self.pin_dir, self.max_entries)
         cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_MAX_ENTRIES={self.max_entries}",
                   "-Wno-unused-function"]
+        if self.timers_bytes is not None:
+            cflags.append(f"-DCT_TIMERS_BYTES={int(self.timers_bytes)}")
         try:
             self._bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
             for name, kind in ((XDP_FUNC, bcc.BPF.XDP), (TC_EGRESS_FUNC, bcc.BPF.SCHED_CLS),
@@ -257,6 +325,13 @@ class Datapath:
         """Delete the entries among these raw keys that are still expired,
         in the kernel (see bpf/sweep.h). Returns how many were deleted."""
         return sweep_keys(self.prog_fd(SWEEP_FUNC), table_id, keys)
+
+    def sweep_due(self, keys, out: DueResult | None = None) -> DueResult:
+        """Check keys the expiry index says are due (either table): delete
+        the still-expired ones in the kernel, report the others' expiry."""
+        if self._due_runner is None:
+            self._due_runner = due_runner(self.prog_fd(SWEEP_FUNC))
+        return sweep_due_keys(self.prog_fd(SWEEP_FUNC), keys, out, self._due_runner)
 
     def open_events(self, callback) -> None:
         """Call callback(abi.CtEvent) for each event poll_events() reads; a

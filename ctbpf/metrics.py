@@ -110,6 +110,9 @@ class TrackerCollector:
         yield counter("demotions", "ASSURED entries moved back as they close", c[_STAT["demote"]])
         yield counter("events_lost", "Events the ring buffer had no room for",
                       c[_STAT["event_lost"]])
+        yield counter("expiry_index_lost", "Expiry registrations the ct_timers ring had no "
+                      "room for (each makes the sweeper rebuild its index)",
+                      c[_STAT["timer_lost"]])
         yield counter("icmp_errors", "ICMP errors examined", c[_STAT["icmp_error"]])
         yield counter("non_ip_frames", "Frames that are not IPv4/IPv6", c[_STAT["non_ip"]])
 
@@ -124,6 +127,18 @@ def sweeper_families(sweep_stats) -> Iterable:
                               value=sweep_stats.scanned_total)
     yield CounterMetricFamily("ctbpf_sweeper_errors", "Sweeps that failed",
                               value=sweep_stats.errors)
+    yield GaugeMetricFamily("ctbpf_sweeper_index_keys", "Keys in the sweeper's expiry index "
+                            "(a flow may be filed more than once)", value=sweep_stats.index_keys)
+    walks = CounterMetricFamily("ctbpf_sweeper_passes", "Sweeps by kind: index (due keys "
+                                "only), walk (safety walk of the tables), seed (walk that "
+                                "rebuilds the index)", labels=["kind"])
+    walks.add_metric(["index"], sweep_stats.index_passes)
+    walks.add_metric(["walk"], sweep_stats.walks - sweep_stats.seeds)
+    walks.add_metric(["seed"], sweep_stats.seeds)
+    yield walks
+    yield CounterMetricFamily("ctbpf_sweeper_index_missed", "Overdue entries a safety walk "
+                              "found: the expiry index had missed them (0 when healthy)",
+                              value=sweep_stats.walk_found_total)
     yield GaugeMetricFamily("ctbpf_sweeper_interval_seconds", "Time until the next sweep, "
                             "as adapted to how much the last ones found",
                             value=sweep_stats.interval)

@@ -2,34 +2,41 @@
 
 Correctness never waits for it (the datapath treats an expired entry as
 absent); it frees table room and reports DESTROY for flows no packet
-revisits. One *pass* covers ct_new then ct_assured:
+revisits. It works from an *expiry index* (ctbpf/expiry.py), so that a pass
+costs what is due, not what is in the tables:
 
-1. read the table with BPF_MAP_LOOKUP_BATCH into two reused raw buffers
-   (keys, values), a *slice* of at most ``slice_entries`` entries per read;
-2. find the expired entries without decoding them: the values buffer viewed
-   as u64 words, every ``sizeof(ct_entry) / 8``-th word from the offset of
-   ``expires_ns``, compared with the monotonic clock in C-level iterators;
-3. hand the raw keys of the expired ones to the in-kernel sweep program
-   (bpf/sweep.h, run through BPF_PROG_TEST_RUN by ``Datapath.sweep``), which
-   looks each entry up again and deletes it only if it is *still* expired,
-   emitting DESTROY and counting CT_STAT_SWEPT. A flow that saw traffic
-   between the read and the delete has a new expiry and is left alone.
+- The datapath writes a record (key, expiry) into the ct_timers ring when it
+  creates an entry and when an entry's expiry moves earlier (bpf/abi.h,
+  struct ct_timer). The sweeper reads the ring through mmap about once a
+  second (*intake*) and files each key under the second it comes due.
+- An *index pass* takes the keys now due and hands them to the in-kernel
+  sweep program (bpf/sweep.h, CT_SWEEP_DUE, through BPF_PROG_TEST_RUN),
+  which deletes each entry only if it is *still* expired (DESTROY,
+  CT_STAT_SWEPT) and otherwise returns its current expiry: the flow saw
+  traffic since, and is filed again under that. Every live entry thus keeps
+  a record due no later than itself.
+- A *walk* reads whole tables with BPF_MAP_LOOKUP_BATCH into two reused raw
+  buffers, finds the expired entries without decoding them (the values
+  buffer viewed as u64 words) and hands their keys to the sweep program
+  (CT_SWEEP_EXPIRED: re-check, then delete). A walk that *seeds* also files
+  every live entry in the index. The sweeper seeds when it starts or the
+  datapath is replaced (entries it never saw registered), and when the
+  datapath counted a record the ring had no room for (CT_STAT_TIMER_LOST);
+  it also walks every ``walk_interval`` as a safety net, counting in
+  ``walk_found_total`` what the index had missed (0 when all is well).
+  Without a ct_timers ring (an older datapath) every pass is a walk.
 
-Slicing: one ``run_once`` reads at most ``slice_entries`` entries (8192 by
-default: 3-5 ms here, under 10 ms even when every entry read has expired,
-like the kernel's own conntrack GC budget), then the pass asks to run again
-at once; the daemon's loop serves every
-other due service between two slices, so a pass over a million entries
-never blocks the loop for more than one slice. The batch cursor (a hash
-bucket index) survives between slices: entries added or removed behind it
-are met on the next pass.
+Slicing: one ``run_once`` handles at most ``slice_keys`` due keys or reads at
+most ``slice_entries`` entries (a few ms, under the 10 ms budget of the
+kernel's own conntrack GC), then asks to run again at once; the daemon's loop
+serves every other due service between two slices. A walk's batch cursor (a
+hash bucket index) survives between slices: entries added or removed behind
+it are met on the next pass.
 
-Interval: after a pass, if at least ``high_ratio`` of the scanned entries
-had expired the interval halves, if at most ``low_ratio`` (or the tables were
-empty) it doubles, always within [min_interval, max_interval]. The next pass
-starts one interval after the previous one ended.
-
-An empty pass costs two map opens and two batch reads that return at once.
+Interval: after a pass, if at least ``high_ratio`` of the entries it looked
+at had expired the interval halves, if at most ``low_ratio`` (or it looked
+at nothing) it doubles, always within [min_interval, max_interval]. The next
+pass starts one interval after the previous one ended.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from . import abi, bpfsys
+from . import abi, bpfsys, stats as ct_stats
 from .errors import CtbpfError, UsageError
+from .expiry import TIMER_SIZE, ExpiryIndex
+from .ringbuf import RingReader, record_size
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,16 @@ TABLES = (("ct_new", abi.const("CT_TABLE_NEW")), ("ct_assured", abi.const("CT_TA
 DEFAULT_MIN_INTERVAL = 1.0
 DEFAULT_MAX_INTERVAL = 30.0
 DEFAULT_SLICE_ENTRIES = 8192
+#: Due keys handed to the kernel per slice (0.5-1 us each here).
+DEFAULT_SLICE_KEYS = 4096
+#: Seconds between two safety walks of the whole tables.
+DEFAULT_WALK_INTERVAL = 600.0
+#: Seconds between two reads of the ct_timers ring outside passes.
+INTAKE_INTERVAL = 1.0
+#: Ring records read per intake call (the loop comes back for more).
+INTAKE_RECORDS = 65536
+TIMERS_MAP = "ct_timers"
+TIMER_LOST = abi.const("CT_STAT_TIMER_LOST")
 #: A read smaller than this is not worth a syscall: the run ends instead.
 MIN_READ = 1024
 #: Upper bounds (seconds) of the pass duration histogram, Prometheus style.
@@ -160,6 +179,15 @@ class SweepStats:
     last_delete: float = 0.0      # and the in-kernel re-check and delete
     last_finished: float = 0.0    # time.monotonic() at the end of the last pass
     last_error: str = ""
+    last_kind: str = ""           # "index", "walk" or "seed"
+    index_passes: int = 0         # passes over the due keys only
+    walks: int = 0                # passes over whole tables (seeding ones included)
+    seeds: int = 0                # walks that rebuilt the index
+    walk_found_total: int = 0     # overdue entries a safety walk found: the index missed them
+    index_keys: int = 0           # keys in the expiry index (duplicates included)
+    intake_total: int = 0         # ring records filed in the index
+    intake_cpu: float = 0.0       # CPU seconds spent reading the ring, in total
+    timer_lost_seen: int = 0      # CT_STAT_TIMER_LOST when last looked at
     # histogram of pass durations: counts per DURATION_BUCKETS bound (+Inf last)
     duration_counts: list = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
@@ -219,6 +247,9 @@ class _Pass:
     datapath: object
     fds: list
     started: float
+    kind: str = "walk"             # "index", "walk" or "seed"
+    due: bytearray | None = None   # index pass: the due keys
+    due_at: int = 0                # ... and how far the pass got, in bytes
     table: int = 0                 # index in TABLES
     first: bool = True             # the next read starts the table
     # the batch cursor (a bucket index for hash maps), in and out
@@ -251,21 +282,38 @@ class Sweeper:
     def __init__(self, min_interval: float = DEFAULT_MIN_INTERVAL,
                  max_interval: float = DEFAULT_MAX_INTERVAL, *,
                  slice_entries: int = DEFAULT_SLICE_ENTRIES,
+                 slice_keys: int = DEFAULT_SLICE_KEYS,
+                 walk_interval: float = DEFAULT_WALK_INTERVAL,
+                 use_index: bool = True,
                  high_ratio: float = 0.25, low_ratio: float = 0.05) -> None:
         check_intervals(min_interval, max_interval)
         if slice_entries < MIN_READ:
             raise UsageError(f"sweep slice: {slice_entries} entries is below {MIN_READ}")
+        if slice_keys < 1:
+            raise UsageError(f"sweep slice: {slice_keys} keys is below 1")
+        if not walk_interval > 0:
+            raise UsageError(f"sweep walk interval: {walk_interval:g} must be a positive "
+                             f"number of seconds")
         self.min_interval = float(min_interval)
         self.max_interval = float(max_interval)
         self.slice_entries = int(slice_entries)
+        self.slice_keys = int(slice_keys)
+        self.walk_interval = float(walk_interval)
+        self.use_index = use_index
         self.high_ratio = high_ratio
         self.low_ratio = low_ratio
         self.interval = self.min_interval
         self.stats = SweepStats(interval=self.interval)
+        self.index = ExpiryIndex()
         self._owner = None
         self._pass: _Pass | None = None
         self._buffers: _BatchBuffers | None = None
         self._due = 0.0
+        self._ring: RingReader | None = None
+        self._ring_datapath = None     # the datapath whose ring _ring reads
+        self._need_seed = True         # the index misses entries: walk and file them
+        self._next_walk = 0.0          # time.monotonic() of the next safety walk
+        self._next_intake = 0.0
 
     # -- the service protocol ------------------------------------------------
 
@@ -274,16 +322,24 @@ class Sweeper:
         self._due = time.monotonic()   # a first pass right away
 
     def due(self) -> float:
-        return self._due
+        if self._pass is not None or self._ring is None:
+            return self._due
+        return min(self._due, self._next_intake)
 
     def run_once(self, now: float) -> None:
-        """One slice of the current pass (starting a pass if none runs)."""
+        """Read the ring, then one slice of the current pass if one is due
+        (starting a pass if none runs)."""
         try:
+            self._sync_ring()
+            if self._ring is not None:
+                self.intake()
+            if self._pass is None and time.monotonic() < self._due:
+                return                  # only the ring was due
             finished = self.step()
         except Exception as e:  # noqa: BLE001 - a failed pass must not stop the tracker
             self.stats.errors += 1
             self.stats.last_error = str(e) or type(e).__name__
-            if isinstance(e, (OSError, CtbpfError)):
+            if isinstance(e, (OSError, CtbpfError, ValueError)):
                 log.warning("sweep pass abandoned: %s", e)
             else:
                 log.exception("sweep pass abandoned")
@@ -297,23 +353,57 @@ class Sweeper:
 
     def stop(self) -> None:
         self._abandon()
+        self._close_ring()
 
     # -- for benchmarks, tests and commands ----------------------------------
 
-    def sweep_now(self) -> dict:
+    def sweep_now(self, kind: str | None = None) -> dict:
         """Run one whole pass now (abandoning a pass in progress); returns
-        the stats snapshot after it. Errors propagate."""
+        the stats snapshot after it. `kind` forces "walk" (a safety walk),
+        "seed" or "index"; by default the sweeper picks, as in the daemon.
+        Errors propagate."""
         if self._owner is None:
             raise CtbpfError("sweeper not started")
         self._abandon()
-        while not self.step():
-            pass
+        self._sync_ring()
+        if self._ring is not None:
+            self.intake()
+        while not self.step(kind):
+            kind = None
+            if self._ring is not None:
+                self.intake()
         self._due = self.stats.last_finished + self.interval
         return self.stats.snapshot()
 
     @property
     def in_pass(self) -> bool:
         return self._pass is not None
+
+    @property
+    def indexed(self) -> bool:
+        """Whether passes can work from the expiry index."""
+        return self._ring is not None and not self._need_seed
+
+    def intake(self) -> int:
+        """File the ct_timers ring's records in the index; returns how many."""
+        if self._ring is None:
+            return 0
+        c0 = time.thread_time()
+        total = 0
+        stride = record_size(TIMER_SIZE)
+
+        def handle(chunk, n, clean):
+            nonlocal total
+            total += self.index.add_timers(chunk, n, stride, offset=8, clean=clean)
+
+        for _ in range(64):   # bounded: a flood keeps the producer ahead
+            if not self._ring.consume_fixed(TIMER_SIZE, INTAKE_RECORDS, handle):
+                break
+        self.stats.intake_total += total
+        self.stats.index_keys = self.index.keys
+        self.stats.intake_cpu += time.thread_time() - c0
+        self._next_intake = time.monotonic() + INTAKE_INTERVAL
+        return total
 
     # -- the work ------------------------------------------------------------
 
@@ -322,10 +412,71 @@ class Sweeper:
             self._pass.close()
             self._pass = None
 
-    def _begin(self) -> _Pass | None:
+    def _close_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+        self._ring = None
+        self._ring_datapath = None
+
+    def _sync_ring(self) -> None:
+        """Open the ring of the owner's datapath (again, after a reload: its
+        entries were never seen, so the next pass seeds)."""
+        datapath = getattr(self._owner, "datapath", None)
+        if datapath is self._ring_datapath:
+            return
+        self._close_ring()
+        self._ring_datapath = datapath
+        self._need_seed = True
+        if datapath is None or not self.use_index:
+            return
+        try:
+            fd = bpfsys.obj_get(str(self._owner.pin_dir / TIMERS_MAP))
+        except OSError as e:
+            log.warning("no expiry index (%s): every sweep walks the tables", e)
+            return
+        try:
+            self._ring = RingReader(fd)
+        except (OSError, ValueError) as e:
+            log.warning("no expiry index (%s): every sweep walks the tables", e)
+        finally:
+            os.close(fd)
+
+    def _timer_lost(self) -> int:
+        return ct_stats.read_counters(self._owner.pin_dir)[TIMER_LOST]
+
+    def _begin(self, kind: str | None = None) -> _Pass | None:
         datapath = getattr(self._owner, "datapath", None)
         if datapath is None:
             return None
+        if self._ring is not None:
+            lost = self._timer_lost()
+            if lost != self.stats.timer_lost_seen:
+                if self.stats.timer_lost_seen or lost:
+                    log.info("expiry index: %d registrations lost, rebuilding it",
+                             lost - self.stats.timer_lost_seen)
+                self.stats.timer_lost_seen = lost
+                self._need_seed = True
+        if kind is None:
+            now = time.monotonic()
+            if self._ring is None:
+                kind = "walk"
+            elif self._need_seed:
+                kind = "seed"
+            elif now >= self._next_walk:
+                kind = "walk"
+            else:
+                kind = "index"
+        if kind == "index":
+            if self._ring is None:
+                raise CtbpfError("no expiry index: this datapath has no ct_timers ring")
+            return _Pass(datapath=datapath, fds=[], started=time.monotonic(), kind="index",
+                         due=self.index.pop_due(time.monotonic_ns()))
+        if kind == "seed":
+            # Everything is about to be filed afresh from the tables: what
+            # the index held is dropped (records still in the ring are
+            # newer than the walk's start and go in on top).
+            self.index.clear()
+            self._need_seed = False
         pin_dir = self._owner.pin_dir
         fds: list[int] = []
         try:
@@ -334,14 +485,16 @@ class Sweeper:
         except BaseException:
             for fd in fds:
                 os.close(fd)
+            if kind == "seed":
+                self._need_seed = True
             raise
         if self._buffers is None:
             self._buffers = _BatchBuffers(self.slice_entries)
-        return _Pass(datapath=datapath, fds=fds, started=time.monotonic())
+        return _Pass(datapath=datapath, fds=fds, started=time.monotonic(), kind=kind)
 
-    def step(self) -> bool:
-        """One slice: read and sweep up to slice_entries entries, starting a
-        pass if none runs; True when the pass is over. Errors propagate."""
+    def step(self, kind: str | None = None) -> bool:
+        """One slice, starting a pass (of `kind`, or the sweeper's choice) if
+        none runs; True when the pass is over. Errors propagate."""
         t0, c0 = time.perf_counter(), time.thread_time()
         if self._pass is not None and getattr(self._owner, "datapath", None) is not \
                 self._pass.datapath:
@@ -349,13 +502,56 @@ class Sweeper:
             # map fds belong to the old maps. Start over on the new ones.
             log.info("datapath reloaded: sweep pass restarted")
             self._abandon()
+            self._sync_ring()
         if self._pass is None:
-            self._pass = self._begin()
+            self._pass = self._begin(kind)
             if self._pass is None:  # no datapath (yet): nothing to sweep
                 self.stats.last_finished = time.monotonic()
                 return True
         p = self._pass
+        if p.kind == "index":
+            self._index_slice(p)
+        else:
+            self._walk_slice(p)
+        self.stats.slices += 1
+        elapsed = time.perf_counter() - t0
+        p.busy += elapsed
+        p.cpu += time.thread_time() - c0
+        p.max_slice = max(p.max_slice, elapsed)
+        if p.kind == "index" and p.due_at < len(p.due):
+            return False
+        if p.kind != "index" and p.table < len(TABLES):
+            return False
+        self._finish(p)
+        return True
+
+    def _index_slice(self, p: _Pass) -> None:
+        """Hand the next slice_keys due keys to the kernel; file again the
+        ones that saw traffic since they were filed."""
+        r0 = time.perf_counter()
+        end = min(len(p.due), p.due_at + self.slice_keys * KEY_SIZE)
+        keys = memoryview(p.due)[p.due_at:end]
+        p.due_at = end
+        found = len(keys) // KEY_SIZE
+        res = p.datapath.sweep_due(keys)
+        keys.release()
+        r1 = time.perf_counter()
+        if res.kept_expiries:
+            self.index.add_keys(res.kept_keys, res.kept_expiries)
+        self.stats.index_keys = self.index.keys
+        p.phases[2] += r1 - r0
+        p.phases[1] += time.perf_counter() - r1
+        p.scanned += found
+        p.expired += res.deleted
+        p.deleted += res.deleted
+        self.stats.scanned_total += found
+        self.stats.expired_total += res.deleted
+        self.stats.deleted_total += res.deleted
+        self.stats.kept_total += len(res.kept_expiries)
+
+    def _walk_slice(self, p: _Pass) -> None:
         budget = self.slice_entries
+        seed = p.kind == "seed"
         while p.table < len(TABLES) and budget >= MIN_READ:
             name, table_id = TABLES[p.table]
             r0 = time.perf_counter()
@@ -364,8 +560,13 @@ class Sweeper:
             now_ns = time.monotonic_ns()   # after the read: nothing is judged early
             r1 = time.perf_counter()
             b = self._buffers
-            keys = expired_keys(b.keys, b.values, count, now_ns)
-            found = len(keys) // KEY_SIZE
+            expired = expired_indices(b.values, count, now_ns)
+            keys = gather_keys(b.keys, expired)
+            found = len(expired)
+            if seed and found < count:
+                self._file_live(b, count, expired)
+            elif found and p.kind == "walk" and self._ring is not None:
+                self.stats.walk_found_total += self._overdue(b, expired, now_ns)
             r2 = time.perf_counter()
             deleted = p.datapath.sweep(table_id, keys) if found else 0
             p.phases[0] += r1 - r0
@@ -382,15 +583,25 @@ class Sweeper:
             if done:
                 p.table += 1
                 p.first = True
-        self.stats.slices += 1
-        elapsed = time.perf_counter() - t0
-        p.busy += elapsed
-        p.cpu += time.thread_time() - c0
-        p.max_slice = max(p.max_slice, elapsed)
-        if p.table < len(TABLES):
-            return False
-        self._finish(p)
-        return True
+
+    def _overdue(self, b: _BatchBuffers, expired: list[int], now_ns: int) -> int:
+        """How many of these expired entries the index should have swept
+        already: expired for longer than the longest interval and a slot."""
+        words = memoryview(b.values).cast("Q")
+        step, at = ENTRY_SIZE // 8, EXPIRES_OFFSET // 8
+        limit = now_ns - int((self.max_interval + 2) * 1e9)
+        return sum(1 for i in expired if words[i * step + at] < limit)
+
+    def _file_live(self, b: _BatchBuffers, count: int, expired: list[int]) -> None:
+        """File the live entries of a batch read in the index."""
+        words = memoryview(b.values)[:count * ENTRY_SIZE].cast("Q")
+        expiries = words[EXPIRES_OFFSET // 8::ENTRY_SIZE // 8].tolist()
+        if not expired:
+            self.index.add_keys(memoryview(b.keys)[:count * KEY_SIZE], expiries)
+            return
+        dead = set(expired)
+        live = [i for i in range(count) if i not in dead]
+        self.index.add_keys(gather_keys(b.keys, live), [expiries[i] for i in live])
 
     def _read(self, p: _Pass, fd: int, want: int) -> tuple[int, bool]:
         """One batch read from the pass's cursor into the buffers; returns
@@ -423,6 +634,15 @@ class Sweeper:
         self._pass = None
         s = self.stats
         s.passes += 1
+        s.last_kind = p.kind
+        if p.kind == "index":
+            s.index_passes += 1
+        else:
+            s.walks += 1
+            if p.kind == "seed":
+                s.seeds += 1
+            self._next_walk = time.monotonic() + self.walk_interval
+        s.index_keys = self.index.keys
         s.last_scanned, s.last_expired, s.last_deleted = p.scanned, p.expired, p.deleted
         s.last_duration, s.last_cpu, s.last_max_slice = p.busy, p.cpu, p.max_slice
         s.last_read, s.last_scan, s.last_delete = p.phases
@@ -432,5 +652,5 @@ class Sweeper:
         self.interval = next_interval(self.interval, p.scanned, p.expired, self.min_interval,
                                       self.max_interval, self.high_ratio, self.low_ratio)
         s.interval = self.interval
-        log.debug("sweep: %d scanned, %d expired, %d deleted in %.1f ms; next in %gs",
-                  p.scanned, p.expired, p.deleted, p.busy * 1e3, self.interval)
+        log.debug("sweep (%s): %d scanned, %d expired, %d deleted in %.1f ms; next in %gs",
+                  p.kind, p.scanned, p.expired, p.deleted, p.busy * 1e3, self.interval)

@@ -40,6 +40,7 @@ COLLECTOR_METRICS = frozenset({
     "ctbpf_promotions_total",
     "ctbpf_demotions_total",
     "ctbpf_events_lost_total",
+    "ctbpf_expiry_index_lost_total",
     "ctbpf_icmp_errors_total",
     "ctbpf_non_ip_frames_total",
     "ctbpf_build_info",                 # {version, layout_version}
@@ -54,6 +55,9 @@ SWEEPER_METRICS = frozenset({
     "ctbpf_sweeper_duration_seconds_count",
     "ctbpf_sweeper_deleted_total",
     "ctbpf_sweeper_interval_seconds",
+    "ctbpf_sweeper_index_keys",
+    "ctbpf_sweeper_passes_total",       # {kind}
+    "ctbpf_sweeper_index_missed_total",
 })
 
 #: Prometheus' own per-target series.

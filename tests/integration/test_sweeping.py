@@ -13,6 +13,7 @@ produces exactly one DESTROY event (reason EXPIRED).
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import time
 from types import SimpleNamespace
@@ -237,3 +238,83 @@ def test_a_sweep_of_empty_tables_is_cheap(datapath, pin_dir):
     assert snap["last_scanned"] == 0 and snap["last_deleted"] == 0
     assert time.perf_counter() - t0 < 0.05
     assert sw.interval == 2.0
+
+
+# --------------------------------------------------------------------------
+# the expiry index: flows the datapath itself created and registered
+
+
+def _udp_frame(sport: int) -> bytes:
+    """Ethernet + IPv4 + UDP 10.1.0.1:sport -> 10.2.0.2:53, 8 bytes of payload."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 36, 0, 0, 64, 17, 0,
+                     bytes([10, 1, 0, 1]), bytes([10, 2, 0, 2]))
+    return (b"\x02\0\0\0\0\x0b\x02\0\0\0\0\x0a\x08\x00" + ip +
+            struct.pack("!HHHH", sport, 53, 16, 0) + bytes(8))
+
+
+def _send(dp, sports) -> None:
+    for sport in sports:
+        bpfsys.prog_test_run(dp.prog_fd(), _udp_frame(sport))
+
+
+def _set(pin_dir, **values) -> None:
+    current = tunables.from_config(read_config(pin_dir))
+    current.update(values)
+    write_config(pin_dir, current)
+
+
+def _udp_sports(pin_dir) -> set[int]:
+    return {sport for sport, _ in raw_udp(pin_dir)}
+
+
+def test_index_passes_look_only_at_what_is_due(datapath, pin_dir):
+    datapath.open_events(lambda ev: None)
+    _send(datapath, range(30000, 30050))             # 50 flows, udp_timeout 30 s
+    sw = Sweeper(1.0, 30.0)
+    sw.start(SimpleNamespace(pin_dir=pin_dir, datapath=datapath))
+    snap = sw.sweep_now()
+    assert snap["last_kind"] == "seed" and snap["last_scanned"] == 50
+    assert snap["index_keys"] == 50               # filed from the walk; ring records on top
+    _set(pin_dir, udp_timeout=1)
+    _send(datapath, range(31000, 31020))             # 20 flows due in 1 s
+    _set(pin_dir, udp_timeout=4)
+    _send(datapath, [31007])                         # one of them lives on: expiry now 4 s
+    time.sleep(2.1)
+
+    snap = sw.sweep_now()
+
+    # Only the 20 due keys went to the kernel, not the 70 entries.
+    assert snap["last_kind"] == "index"
+    assert (snap["last_scanned"], snap["last_deleted"]) == (20, 19)
+    assert snap["kept_total"] >= 1
+    assert _udp_sports(pin_dir) == set(range(30000, 30050)) | {31007}
+    time.sleep(2.5)                                  # 31007's new expiry passes
+    snap = sw.sweep_now()
+    assert snap["last_kind"] == "index" and snap["last_deleted"] == 1
+    assert _udp_sports(pin_dir) == set(range(30000, 30050))
+    assert snap["index_passes"] == 2 and snap["walks"] == 1
+
+
+def test_lost_registrations_make_the_next_pass_rebuild_the_index(pin_dir, need_root):
+    from ctbpf.loader import Datapath, remove_pins  # noqa: PLC0415
+
+    dp = Datapath(pin_dir, max_entries=4096, timers_bytes=4096).load()   # ~70 records
+    try:
+        sw = Sweeper(1.0, 30.0)
+        sw.start(SimpleNamespace(pin_dir=pin_dir, datapath=dp))
+        assert sw.sweep_now()["last_kind"] == "seed"
+        _set(pin_dir, udp_timeout=1)
+        _send(dp, range(32000, 32200))               # 200 registrations: most lost
+        lost = stats.read_counters(pin_dir)[abi.const("CT_STAT_TIMER_LOST")]
+        assert 100 < lost < 200
+        time.sleep(1.1)
+
+        snap = sw.sweep_now()
+
+        assert snap["last_kind"] == "seed" and snap["seeds"] == 2
+        assert snap["last_deleted"] == 200 and _udp_sports(pin_dir) == set()
+        assert snap["timer_lost_seen"] == lost
+        assert sw.sweep_now()["last_kind"] == "index"   # rebuilt: back to the index
+    finally:
+        dp.close()
+        remove_pins(pin_dir)

@@ -199,8 +199,8 @@ class FakeSweeper(Sweeper):
         self.tables = tables    # name -> (keys, values, count)
         self.reads: list[tuple[str, int]] = []
 
-    def _begin(self):
-        p = super()._begin()
+    def _begin(self, kind=None):
+        p = super()._begin(kind)
         if p is not None:
             p.pos = 0
         return p
