@@ -67,7 +67,7 @@ for `conntrack`, `ip netns exec`). The children's CPU time is in the
 result file.
 
 The list figure is taken at 200,000 flows by default, not 1,000,000:
-`ctbpf list -o json` takes about 35 µs per flow here (about 35 s per
+`ctbpf list -o json` takes about 40 µs per flow here (about 40 s per
 million), so five runs at a million do not fit in the benchmark's three
 minutes. Both commands cost a fixed amount per flow, so the ratio carries
 over to a million. `--controlplane-list-entries 1000000` measures at a
@@ -106,7 +106,7 @@ def add_arguments(g) -> None:
                    help="flows in each table (default 1000000)")
     g.add_argument("--controlplane-list-entries", type=int, default=200_000, metavar="N",
                    help="flows in both tables for the list figure (default 200000: ctbpf list "
-                        "takes about 35 s per million here, too long for 5 runs; 0: all N)")
+                        "takes about 40 s per million here, too long for 5 runs; 0: all N)")
     g.add_argument("--controlplane-runs", type=int, default=common.MIN_RUNS, metavar="N",
                    help=f"timed runs of each list command (default {common.MIN_RUNS})")
     g.add_argument("--controlplane-scrapes", type=int, default=10, metavar="N",
@@ -491,6 +491,10 @@ class Exporter:
         if self.made:
             subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
             self.made = False
+            try:   # the daemon's status directory (ctbpf/daemon.py run_dir), left empty
+                Path("/run/ctbpf", self.ns).rmdir()
+            except OSError:
+                pass
         self.log_path.unlink(missing_ok=True)
 
 
@@ -534,6 +538,7 @@ def run(args) -> dict:
                 raise RuntimeError(f"a scrape did not report {n} entries: {bad[0]}")
             figures["scrape"] = {"entries": n, "first_s": round(warm[0]["s"], 4),
                                  "wall_s": common.spread([s["s"] for s in scrapes]),
+                                 "runs_wall_s": [round(s["s"], 4) for s in scrapes],
                                  "bytes": scrapes[0]["bytes"],
                                  "phases_s": _scrape_phases(ours.pin_dir)}
     finally:
@@ -573,6 +578,7 @@ def _list_figures(ours: CtbpfTable, kernel: KernelTable | None, count: int, runs
             f"{k} {v[-1]['wall']:.2f} s" for k, v in raw.items()), flush=True)
     out = {k: {"wall_s": common.spread([r["wall"] for r in v]),
                "cpu_s": common.spread([r["cpu"] for r in v]),
+               "runs_wall_s": [round(r["wall"], 4) for r in v],
                "us_per_entry": round(statistics.median(r["wall"] for r in v) / count * 1e6, 3)}
            for k, v in raw.items()}
     out["entries"] = count
@@ -625,13 +631,13 @@ def _targets(f: dict) -> list[dict]:
         size = _size(lst["entries"])
         mine = lst["ctbpf_json"]["wall_s"]
         base = lst.get("conntrack", {}).get("wall_s")
-        speedup = round(base["median"] / mine["median"], 2) if base else None
+        speedup = base["median"] / mine["median"] if base else None
         rows.append(common.target_row(
             f"list {size} entries: `ctbpf list -o json` vs `conntrack -L`", "s", mine,
             f"ctbpf >= {TARGET_LIST_SPEEDUP:g}x faster (ratio <= {1 / TARGET_LIST_SPEEDUP:.2f})",
             None if speedup is None else speedup >= TARGET_LIST_SPEEDUP,
             baseline=base, baseline_name="conntrack -L",
-            note=(f"{speedup:g}x" if speedup is not None and speedup >= 1 else
+            note=(f"{speedup:.1f}x faster" if speedup is not None and speedup >= 1 else
                   f"{1 / speedup:.1f}x slower" if speedup else
                   "baseline skipped (--controlplane-no-kernel)")))
     if "scrape" in f:
@@ -654,9 +660,17 @@ def _plots(f: dict) -> list[str]:
                                           "(median, min-max)", "seconds", groups))
         if "scrape" in f:
             size = _size(f["scrape"]["entries"])
-            plots.append(common.plot_bars(
-                "controlplane-scrape", f"GET /metrics at {size} entries (median, min-max)",
-                "seconds", {f"{size} entries": {"ctbpf /metrics": f["scrape"]["wall_s"]}}))
+            runs = f["scrape"]["runs_wall_s"]
+
+            def point(v):
+                return {"median": v, "min": v, "max": v}
+            plots.append(common.plot_lines(
+                "controlplane-scrape", f"GET /metrics at {size} entries, one after another",
+                "scrape", "seconds",
+                {"ctbpf run --metrics-addr": [(i + 1, point(v)) for i, v in enumerate(runs)],
+                 f"target {TARGET_SCRAPE_S:g} s": [(1, point(TARGET_SCRAPE_S)),
+                                                    (len(runs), point(TARGET_SCRAPE_S))]},
+                logx=False))
         return plots
     except ImportError as e:   # matplotlib missing: the figures stand without plots
         print(f"  no plots: {e}", file=sys.stderr)
