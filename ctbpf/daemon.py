@@ -128,7 +128,8 @@ def run(args) -> int:
     daemon = Daemon(args, pin_dir)
     # Expired entries reclaimed in batches, DESTROY reported (ctbpf/sweeper.py).
     daemon.add_service(Sweeper(getattr(args, "sweep_min_interval", 1.0),
-                               getattr(args, "sweep_max_interval", 30.0)))
+                               getattr(args, "sweep_max_interval", 30.0),
+                               walk_interval=getattr(args, "sweep_walk_interval", 600.0)))
     # NEW/UPDATE/DESTROY from the ring buffer to `ctbpf events` clients (ctbpf/events.py).
     daemon.add_service(EventRelay())
     # /metrics, read from the maps at scrape time (ctbpf/metrics.py).

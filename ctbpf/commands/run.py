@@ -35,6 +35,10 @@ def add_arguments(p) -> None:
     p.add_argument("--sweep-max-interval", type=float, default=30.0, metavar="SECONDS",
                    help="longest time between two sweeps; the interval adapts in between "
                         "to how much each sweep finds (default 30)")
+    p.add_argument("--sweep-walk-interval", type=float, default=600.0, metavar="SECONDS",
+                   help="time between two safety walks of the whole tables; sweeps "
+                        "otherwise read only the entries due, from the expiry index "
+                        "(default 600)")
 
 
 def run(args) -> int:
