@@ -172,12 +172,19 @@ def summary_table(results: Mapping[str, dict]) -> str:
 
 
 def _machines(results: Mapping[str, dict]) -> list[str]:
-    seen: dict[str, list[str]] = {}
+    """One line per machine; results of the same machine (kernel, arch, CPU
+    count, Python) are one, described with every detail any of them has."""
+    hosts: dict[tuple, dict] = {}
+    names: dict[tuple, list[str]] = {}
     for name in _ordered(results):
         h = results[name].get("host") or {}
-        parts = []
-        if h.get("os"):
-            parts.append(str(h["os"]))
+        key = tuple(str(h.get(k, "?")) for k in ("kernel", "machine", "cpus", "python"))
+        merged = hosts.setdefault(key, {})
+        merged.update({k: v for k, v in h.items() if v not in (None, "")})
+        names.setdefault(key, []).append(name)
+    lines = []
+    for key, h in hosts.items():
+        parts = [str(h["os"])] if h.get("os") else []
         parts.append(f"kernel {h.get('kernel', '?')} ({h.get('machine', '?')})")
         cpu = f"{h.get('cpus', '?')} CPUs"
         if h.get("cpu_model"):
@@ -186,10 +193,9 @@ def _machines(results: Mapping[str, dict]) -> list[str]:
         if h.get("mem_gib"):
             parts.append(f"{h['mem_gib']} GiB RAM")
         parts.append(f"Python {h.get('python', '?')}")
-        seen.setdefault(", ".join(parts), []).append(name)
-    if len(seen) == 1:
-        return [f"- {next(iter(seen))}"]
-    return [f"- {desc}: {', '.join(names)}" for desc, names in seen.items()]
+        lines.append(f"- {', '.join(parts)}"
+                     + (f": {', '.join(names[key])}" if len(hosts) > 1 else ""))
+    return lines
 
 
 def _rel_image(path: str) -> str:

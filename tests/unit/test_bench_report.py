@@ -161,3 +161,17 @@ def test_main_report_only_runs_nothing(tmp_path, monkeypatch):
     assert bench_main.main(["--report-only", "--results", str(tmp_path), "--doc", str(doc)]) == 0
     assert not ran
     assert "From main." in doc.read_text()
+
+
+def test_machine_lines_merge_results_of_one_machine():
+    rich = _result("sweep", f"{DAY}T09:00:00+0000")
+    bare = _result("scale", f"{DAY}T08:00:00+0000")
+    for k in ("os", "cpu_model"):
+        del bare["host"][k]
+    other = _result("flood", f"{DAY}T10:00:00+0000")
+    other["host"]["kernel"] = "6.1.0"
+    one = report._machines({"sweep": rich, "scale": bare})
+    assert one == ["- Debian GNU/Linux 12 (bookworm), kernel 6.18.0 (x86_64), 2 CPUs (Test CPU), "
+                   "Python 3.11.2"]
+    two = report._machines({"sweep": rich, "scale": bare, "flood": other})
+    assert len(two) == 2 and two[0].endswith(": scale, sweep") and two[1].endswith(": flood")
