@@ -122,6 +122,8 @@ enum ct_stat {
 	CT_STAT_DEMOTE = 17,        /* ASSURED entries moved back to ct_new as they close */
 	CT_STAT_USER_DELETE = 18,   /* entries deleted by `ctbpf delete` / `flush` */
 	CT_STAT_TIMER_LOST = 19,    /* expiry registrations ct_timers had no room for */
+	CT_STAT_DROP = 20,          /* packets dropped by the policy (enforce mode) */
+	CT_STAT_DROP_TABLE_FULL = 21, /* NEW packets dropped: no room for their entry (enforce) */
 	CT_STAT_INVALID_BASE = 32,
 	CT_STAT_MAX = 48,
 };
@@ -274,6 +276,74 @@ struct ct_config {
 /* The single element of ct_stats (per CPU): counters indexed by enum ct_stat. */
 struct ct_counters {
 	__u64 count[CT_STAT_MAX];
+};
+
+/*
+ * Enforce mode: a policy per interface and hook, in ct_policy keyed by
+ * struct ct_policy_key. A packet's user-land state is accepted when its bit
+ * is in `accept` (bit = 1 << enum ct_pkt_state) and, for NEW, when the
+ * policy's NEW rules (if any) match it and, with CT_POL_NEW_SYN_ONLY, a TCP
+ * NEW packet carries SYN; everything else gets `default_verdict`. Frames
+ * that are not IP always pass. Without CT_POL_ENFORCE the verdict is only
+ * counted (CT_VERDICT_WOULD_DROP), never applied.
+ */
+#define CT_POLICY_RULES 16
+#define CT_POLICY_SLOTS 64
+
+enum ct_hook {
+	CT_HOOK_IN = 0,    /* XDP: packets arriving on the interface */
+	CT_HOOK_OUT = 1,   /* TC egress: packets the host itself sends out of it */
+};
+
+enum ct_verdict {
+	CT_VERDICT_ACCEPT = 0,
+	CT_VERDICT_DROP = 1,
+	CT_VERDICT_WOULD_DROP = 2,   /* observe mode: the policy would drop it */
+	CT_VERDICT_MAX = 3,
+};
+
+enum ct_policy_flag {
+	CT_POL_ENFORCE = 1,        /* apply verdicts (else count them only) */
+	CT_POL_NEW_SYN_ONLY = 2,   /* a TCP NEW packet without SYN is refused */
+	CT_POL_NEW_RULES = 4,      /* NEW must match one of `rules` */
+};
+
+struct ct_policy_key {
+	__u32 ifindex;
+	__u32 hook;    /* enum ct_hook */
+};
+
+/* NEW allowed when every given part matches: addresses under a mask
+ * (network order; a zero mask matches all), protocol (0: any), destination
+ * port range (host order; ICMP and other protocols have no port). */
+struct ct_new_rule {
+	__u32 src[4];
+	__u32 src_mask[4];
+	__u32 dst[4];
+	__u32 dst_mask[4];
+	__u16 dport_lo;
+	__u16 dport_hi;
+	__u8 family;   /* CT_FAMILY_*, 0: both */
+	__u8 proto;    /* IPPROTO_*, 0: any */
+	__u8 pad[2];
+};
+
+struct ct_policy {
+	__u8 accept;            /* bits 1 << enum ct_pkt_state */
+	__u8 flags;             /* enum ct_policy_flag bits */
+	__u8 default_verdict;   /* enum ct_verdict: ACCEPT or DROP */
+	__u8 nrules;
+	__u32 slot;             /* this interface's row in ct_verdicts */
+	struct ct_new_rule rules[CT_POLICY_RULES];
+};
+
+/* ct_verdicts (per CPU): packets by policy slot, user-land state (enum
+ * ct_pkt_state, UNTRACKED included) and verdict, at index
+ * (slot * CT_PKT_STATES + state) * CT_VERDICT_MAX + verdict. */
+#define CT_PKT_STATES 5
+#define CT_VERDICT_COUNTS 960   /* CT_POLICY_SLOTS * CT_PKT_STATES * CT_VERDICT_MAX */
+struct ct_verdict_counts {
+	__u64 count[CT_VERDICT_COUNTS];
 };
 
 #endif /* CTBPF_ABI_H */

@@ -197,7 +197,7 @@ static __always_inline int ct_known_state(int dir, int seen_reply)
 
 static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct ct_pkt *pkt,
 				     const struct ct_config *cfg, __u64 now,
-				     struct ct_counters *st)
+				     struct ct_counters *st, struct ct_vctx *vc)
 {
 	struct ct_entry ne = {};
 
@@ -213,8 +213,17 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		return ct_invalid(st, pkt->reason);
 	ne.packets[0] = 1;
 	ne.bytes[0] = pkt->l3_len;
+	if (ct_refuse(vc, CT_PKT_NEW, pkt)) {
+		ct_count(st, CT_STAT_PKT_NEW);
+		return CT_PKT_NEW;
+	}
 	if (ct_new.update(key, &ne) != 0) {
 		ct_count(st, CT_STAT_INSERT_FAILED);
+		/* The kernel's "table full, dropping packet", in enforce mode. */
+		if (vc->pol && (vc->pol->flags & CT_POL_ENFORCE)) {
+			vc->verdict = CT_VERDICT_DROP;
+			ct_count(st, CT_STAT_DROP_TABLE_FULL);
+		}
 	} else {
 		ct_count(st, CT_STAT_INSERT);
 		ct_register(key, ne.expires_ns, st);
@@ -225,7 +234,7 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 }
 
 static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_config *cfg,
-					 struct ct_counters *st)
+					 struct ct_counters *st, struct ct_vctx *vc)
 {
 	struct ct_key key = {};
 	int src_is_hi = flow_key_from_tuple(&pkt->t, &key);
@@ -237,7 +246,7 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 	__u64 old_expires;
 
 	if (!e)
-		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
+		return ct_create(&key, src_is_hi, pkt, cfg, now, st, vc);
 
 	ct_count(st, CT_STAT_FOUND);
 	dir = flow_dir(e, src_is_hi);
@@ -246,13 +255,22 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 	old_state = e->state;
 	old_flags = e->flags;
 	old_expires = e->expires_ns;
+	/* Refused in this state: the entry must not see the packet at all. */
+	if (ct_refuse(vc, state, pkt)) {
+		ct_count(st, state == CT_PKT_NEW ? CT_STAT_PKT_NEW : CT_STAT_PKT_ESTABLISHED);
+		return state;
+	}
 
 	switch (ct_track_proto(e, pkt, dir, cfg, now)) {
 	case CT_TRACK_INVALID:
 		return ct_invalid(st, pkt->reason);
 	case CT_TRACK_REOPEN:
+		if (ct_refuse(vc, CT_PKT_NEW, pkt)) {
+			ct_count(st, CT_STAT_PKT_NEW);
+			return CT_PKT_NEW;
+		}
 		ct_destroy(&key, e, in_assured, CT_DESTROY_REOPEN, CT_STAT_DELETE, cfg, st);
-		return ct_create(&key, src_is_hi, pkt, cfg, now, st);
+		return ct_create(&key, src_is_hi, pkt, cfg, now, st, vc);
 	case CT_TRACK_DELETE:
 		ct_destroy(&key, e, in_assured, CT_DESTROY_RST, CT_STAT_DELETE, cfg, st);
 		break;
@@ -301,38 +319,64 @@ static __always_inline int ct_track_icmp_error(struct ct_pkt *pkt, const struct 
 }
 
 /**
- * ct_process - track one frame. Returns its user-land state (enum
- * ct_pkt_state) or CT_PKT_NONE for frames that are not IP.
+ * ct_state - track one frame. Returns its user-land state (enum
+ * ct_pkt_state) or CT_PKT_NONE for frames that are not IP; vc->verdict is
+ * CT_VERDICT_DROP when the policy refused it before anything was committed.
  */
-static __always_inline int ct_process(void *data, void *data_end)
+static __always_inline int ct_state(void *data, void *data_end, struct ct_pkt *pkt,
+				    struct ct_vctx *vc)
 {
 	__u32 zero = 0;
 	struct ct_counters *st = ct_stats.lookup(&zero);
 	struct ct_config *cfg = ct_config.lookup(&zero);
-	struct ct_pkt pkt = {};
 
 	if (!st || !cfg)
 		return CT_PKT_NONE; /* cannot happen: array elements always exist */
 
-	if (parse_packet(data, data_end, &pkt)) {
-		if (pkt.reason == CT_INV_ICMP_INNER)
+	if (parse_packet(data, data_end, pkt)) {
+		if (pkt->reason == CT_INV_ICMP_INNER)
 			ct_count(st, CT_STAT_ICMP_ERROR); /* examined, found unusable */
-		return ct_invalid(st, pkt.reason);
+		return ct_invalid(st, pkt->reason);
 	}
 
-	switch (pkt.kind) {
+	switch (pkt->kind) {
 	case CT_KIND_NON_IP:
 		ct_count(st, CT_STAT_NON_IP);
 		return CT_PKT_NONE;
 	case CT_KIND_UNTRACKED:
-		if (pkt.t.proto != IPPROTO_ICMPV6)
+		if (pkt->t.proto != IPPROTO_ICMPV6)
 			ct_count(st, CT_STAT_FRAGMENT);
 		ct_count(st, CT_STAT_PKT_UNTRACKED);
 		return CT_PKT_UNTRACKED;
 	case CT_KIND_ICMP_ERROR:
-		return ct_track_icmp_error(&pkt, cfg, st);
+		return ct_track_icmp_error(pkt, cfg, st);
 	}
-	return ct_track_flow(&pkt, cfg, st);
+	return ct_track_flow(pkt, cfg, st, vc);
 }
+/**
+ * ct_process - track one frame arriving on (CT_HOOK_IN) or leaving
+ * (CT_HOOK_OUT) interface `ifindex`, and judge it by that interface's
+ * policy. Returns the verdict (enum ct_verdict); only CT_VERDICT_DROP drops.
+ */
+static __always_inline int ct_process(void *data, void *data_end, __u32 ifindex, __u32 hook)
+{
+	struct ct_policy_key pk = { .ifindex = ifindex, .hook = hook };
+	struct ct_vctx vc = { .pol = ct_policy.lookup(&pk), .verdict = -1 };
+	struct ct_pkt pkt = {};
+	int state = ct_state(data, data_end, &pkt, &vc);
+	int verdict = vc.verdict == CT_VERDICT_DROP ? CT_VERDICT_DROP :
+		      ct_verdict(vc.pol, state, &pkt);
+
+	ct_count_verdict(vc.pol, state, verdict);
+	if (verdict == CT_VERDICT_DROP) {
+		__u32 zero = 0;
+		struct ct_counters *st = ct_stats.lookup(&zero);
+
+		if (st)
+			ct_count(st, CT_STAT_DROP);
+	}
+	return verdict;
+}
+
 
 #endif /* CTBPF_CONNTRACK_H */

@@ -35,6 +35,7 @@ struct frag_hdr {
 #include "tcp.h"
 #include "udp.h"
 #include "icmp.h"
+#include "policy.h"
 #include "conntrack.h"
 #include "sweep.h"
 
@@ -44,8 +45,11 @@ struct frag_hdr {
 
 int ctbpf_xdp(struct xdp_md *ctx)
 {
-	ct_process((void *)(long)ctx->data, (void *)(long)ctx->data_end);
-	return XDP_PASS; /* observe mode: never drop */
+	/* Dropped here, before the kernel allocates anything for the packet. */
+	if (ct_process((void *)(long)ctx->data, (void *)(long)ctx->data_end,
+		       ctx->ingress_ifindex, CT_HOOK_IN) == CT_VERDICT_DROP)
+		return XDP_DROP;
+	return XDP_PASS;
 }
 
 /* Not attached anywhere: the agent runs it through BPF_PROG_TEST_RUN. */
@@ -63,6 +67,8 @@ int ctbpf_tc_egress(struct __sk_buff *skb)
 	if (skb->ingress_ifindex != 0)
 		return TC_ACT_OK;
 	bpf_skb_pull_data(skb, len);
-	ct_process((void *)(long)skb->data, (void *)(long)skb->data_end);
+	if (ct_process((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
+		       CT_HOOK_OUT) == CT_VERDICT_DROP)
+		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

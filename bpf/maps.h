@@ -23,6 +23,13 @@ BPF_TABLE_PINNED("array", __u32, struct ct_config, ct_config, 1,
 BPF_TABLE_PINNED("percpu_array", __u32, struct ct_counters, ct_stats, 1,
 		 CT_PIN_DIR "/ct_stats");
 
+/* Enforce mode: a policy per interface and hook (struct ct_policy, abi.h),
+ * and the packets each judged, per state and verdict. */
+BPF_TABLE_PINNED("hash", struct ct_policy_key, struct ct_policy, ct_policy,
+		 2 * CT_POLICY_SLOTS, CT_PIN_DIR "/ct_policy");
+BPF_TABLE_PINNED("percpu_array", __u32, struct ct_verdict_counts, ct_verdicts, 1,
+		 CT_PIN_DIR "/ct_verdicts");
+
 /* NEW / UPDATE / DESTROY events (struct ct_event) for the agent, which
  * relays them to `ctbpf events`. BCC's BPF_RINGBUF_OUTPUT cannot pin, so the
  * table is spelled out as that macro does, with a pinned section name. */

@@ -90,6 +90,10 @@ CtCounters = STRUCTS["ct_counters"]
 CtEvent = STRUCTS["ct_event"]
 CtSweepHeader = STRUCTS["ct_sweep_header"]
 CtTimer = STRUCTS["ct_timer"]
+CtPolicyKey = STRUCTS["ct_policy_key"]
+CtNewRule = STRUCTS["ct_new_rule"]
+CtPolicy = STRUCTS["ct_policy"]
+CtVerdictCounts = STRUCTS["ct_verdict_counts"]
 
 
 def members(enum: str, prefix: str) -> dict[int, str]:

@@ -86,7 +86,9 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
               "ct_config": (4, ctypes.sizeof(abi.CtConfig), 1),
               "ct_stats": (4, ctypes.sizeof(abi.CtCounters), 1),
               "ct_events": (0, 0, None),  # ring buffers: their size is not ours to check
-              "ct_timers": (0, 0, None)}
+              "ct_timers": (0, 0, None),
+              "ct_policy": (ctypes.sizeof(abi.CtPolicyKey), ctypes.sizeof(abi.CtPolicy), None),
+              "ct_verdicts": (4, ctypes.sizeof(abi.CtVerdictCounts), 1)}
     if "ct_config" in present:
         version = read_config(pin_dir).value[abi.const("CT_CFG_LAYOUT_VERSION")]
         if version != abi.LAYOUT_VERSION:

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Enforce mode: the verdict of the interface's policy on a packet, from its
+ * user-land state (see struct ct_policy in abi.h). The tracker asks before
+ * it commits anything, so a dropped packet creates and changes no entry.
+ */
+#ifndef CTBPF_POLICY_H
+#define CTBPF_POLICY_H
+
+_Static_assert(CT_VERDICT_COUNTS == CT_POLICY_SLOTS * CT_PKT_STATES * CT_VERDICT_MAX,
+	       "CT_VERDICT_COUNTS must cover every slot, state and verdict");
+
+/* What the tracker learnt about the verdict on the way (CT_VERDICT_*), or
+ * -1 when nothing was decided yet and the final state decides. */
+struct ct_vctx {
+	const struct ct_policy *pol;
+	int verdict;
+};
+
+static __always_inline int pol_addr_match(const __u32 *addr, const __u32 *net,
+					  const __u32 *mask)
+{
+	return ((addr[0] ^ net[0]) & mask[0]) == 0 && ((addr[1] ^ net[1]) & mask[1]) == 0 &&
+	       ((addr[2] ^ net[2]) & mask[2]) == 0 && ((addr[3] ^ net[3]) & mask[3]) == 0;
+}
+
+static __always_inline int pol_rule_match(const struct ct_new_rule *r, const struct ct_pkt *pkt)
+{
+	__u16 dport;
+
+	if (r->family && r->family != pkt->t.family)
+		return 0;
+	if (r->proto && r->proto != pkt->t.proto)
+		return 0;
+	if (r->dport_lo || r->dport_hi != 0xFFFF) {
+		if (pkt->t.proto != IPPROTO_TCP && pkt->t.proto != IPPROTO_UDP)
+			return 0;
+		dport = bpf_ntohs(pkt->t.dport);
+		if (dport < r->dport_lo || dport > r->dport_hi)
+			return 0;
+	}
+	return pol_addr_match(pkt->t.saddr, r->src, r->src_mask) &&
+	       pol_addr_match(pkt->t.daddr, r->dst, r->dst_mask);
+}
+
+/* The spec's "NEW not SYN": a TCP packet starting a flow must be a bare SYN. */
+static __always_inline int pol_new_ok(const struct ct_policy *pol, const struct ct_pkt *pkt)
+{
+	if ((pol->flags & CT_POL_NEW_SYN_ONLY) && pkt->t.proto == IPPROTO_TCP &&
+	    (pkt->tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_RST | TCPF_FIN)) != TCPF_SYN)
+		return 0;
+	if (!(pol->flags & CT_POL_NEW_RULES))
+		return 1;
+	for (int i = 0; i < CT_POLICY_RULES; i++) {
+		if (i >= pol->nrules)
+			break;
+		if (pol_rule_match(&pol->rules[i], pkt))
+			return 1;
+	}
+	return 0;
+}
+
+/**
+ * ct_verdict - the policy's verdict on a packet in user-land state `state`
+ * (enum ct_pkt_state). No policy, or a frame with no state: accept.
+ */
+static __always_inline int ct_verdict(const struct ct_policy *pol, int state,
+				      const struct ct_pkt *pkt)
+{
+	int ok;
+
+	if (!pol || state < 0 || state >= CT_PKT_STATES)
+		return CT_VERDICT_ACCEPT;
+	ok = pol->accept & (1 << state);
+	if (ok && state == CT_PKT_NEW)
+		ok = pol_new_ok(pol, pkt);
+	if (ok || pol->default_verdict == CT_VERDICT_ACCEPT)
+		return CT_VERDICT_ACCEPT;
+	return (pol->flags & CT_POL_ENFORCE) ? CT_VERDICT_DROP : CT_VERDICT_WOULD_DROP;
+}
+
+/* Decide now, before a commit: true when the packet must go (enforce mode). */
+static __always_inline int ct_refuse(struct ct_vctx *vc, int state, const struct ct_pkt *pkt)
+{
+	int v = ct_verdict(vc->pol, state, pkt);
+
+	if (v == CT_VERDICT_ACCEPT)
+		return 0;
+	vc->verdict = v;
+	return v == CT_VERDICT_DROP;
+}
+
+static __always_inline void ct_count_verdict(const struct ct_policy *pol, int state, int verdict)
+{
+	__u32 zero = 0, i;
+	struct ct_verdict_counts *vc;
+
+	if (!pol || state < 0 || state >= CT_PKT_STATES || pol->slot >= CT_POLICY_SLOTS)
+		return;
+	vc = ct_verdicts.lookup(&zero);
+	if (!vc)
+		return;
+	i = (pol->slot * CT_PKT_STATES + state) * CT_VERDICT_MAX + verdict;
+	if (i < CT_VERDICT_COUNTS)
+		vc->count[i]++;
+}
+
+#endif /* CTBPF_POLICY_H */
