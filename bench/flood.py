@@ -67,12 +67,13 @@ a router that discards a flood packet earlier handles more of them.
 
 **Bulk TCP with XDP on veth.** The streams' own throughput without a
 flood is several times lower with ctbpf attached than with the kernel
-tracker (see `throughput_gbps_no_flood`): with a native XDP program on
-the router's veth, large GSO/TSO packets from the client cannot go
-through XDP as they are, and the path falls back to MTU-sized frames
-copied into XDP buffers. That is a cost of the XDP hook on veth (see the
-forwarding benchmark's `xdp_pass` configuration), not of a flood; the
-throughput rows compare each configuration with itself.
+tracker (see `throughput_gbps_no_flood`): attaching a native XDP
+program without multi-buffer support to a veth turns off software GSO on
+its peer, so the client's stack sends MTU-sized packets, each of which
+also goes through the XDP buffer conversion on the router. That is a
+cost of the XDP hook on veth (see the forwarding benchmark's `xdp_pass`
+configuration), not of a flood; the throughput rows compare each
+configuration with itself.
 
 **Targets.** Drop rate >= 5 x the kernel's (stretch 10 x) while the
 established streams keep >= 95 % of their throughput and lose no entry.
