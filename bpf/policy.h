@@ -71,6 +71,10 @@ static __always_inline int ct_verdict(const struct ct_policy *pol, int state,
 
 	if (!pol || state < 0 || state >= CT_PKT_STATES)
 		return CT_VERDICT_ACCEPT;
+	/* Neighbour discovery and MLD (untracked ICMPv6) are IPv6's ARP: they
+	 * pass like non-IP frames, or no policy could keep IPv6 working. */
+	if (state == CT_PKT_UNTRACKED && pkt->t.proto == IPPROTO_ICMPV6)
+		return CT_VERDICT_ACCEPT;
 	ok = pol->accept & (1 << state);
 	if (ok && state == CT_PKT_NEW)
 		ok = pol_new_ok(pol, pkt);

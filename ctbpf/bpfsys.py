@@ -251,12 +251,17 @@ class TestRun:
     data_out: bytes
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
-    """Run a program on one crafted packet (BPF_PROG_TEST_RUN)."""
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ctx: bytes | None = None) -> TestRun:
+    """Run a program on one crafted packet (BPF_PROG_TEST_RUN); `ctx` is the
+    program's context to start from (for XDP, a struct xdp_md: its
+    ingress_ifindex says which interface the packet arrives on)."""
     data_in = ctypes.create_string_buffer(data, len(data))
     data_out = ctypes.create_string_buffer(len(data) + 256)
     attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=len(data_out),
                         data_in=_addr(data_in), data_out=_addr(data_out), repeat=repeat)
+    if ctx is not None:
+        ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
+        attr.ctx_in, attr.ctx_size_in = _addr(ctx_in), len(ctx)
     _bpf(BPF_PROG_TEST_RUN, attr, "test run")
     return TestRun(attr.retval, attr.duration, data_out.raw[:attr.data_size_out])
 

@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import abi, bpfsys, tunables
+from . import abi, bpfsys, policy, tunables
 from .errors import CtbpfError, UsageError
 from .loader import read_config, write_raw_config
 from .tunables import ALL_BY_NAME, BY_NAME, ENTRIES_PER_BUCKET, Tunable
@@ -183,6 +183,9 @@ class ConfigFile:
     max: int | None = None
     buckets: int | None = None
     digest: str = ""
+    mode: str | None = None               # enforce-mode switch ("observe"/"enforce")
+    policies: list | None = None          # ctbpf.policy.InterfacePolicy, when [policy] is given
+    forced: set = field(default_factory=set)
 
     def effective_max(self) -> int | None:
         """conntrack_max as the file gives it: max, else 8 x buckets, else None."""
@@ -226,6 +229,13 @@ def parse_text(text: str, path: Path | str = "<config>") -> ConfigFile:
             raise UsageError(f"{where}: {label}{e}") from None
 
     for key, raw in doc.items():
+        if key == "mode":
+            cfg.mode = policy.parse_mode(raw, f"{where}: mode")
+            continue
+        if key == "policy":
+            cfg.policies, cfg.forced = policy.parse_policy_table(raw, where)
+            policy.check(policy.PolicySet(cfg.mode or "observe", cfg.policies), cfg.forced)
+            continue
         if key == "tunables":
             if not isinstance(raw, dict):
                 raise UsageError(f"{where}: tunables must be a table ([tunables]), "
@@ -236,11 +246,13 @@ def parse_text(text: str, path: Path | str = "<config>") -> ConfigFile:
             continue
         if isinstance(raw, dict):
             raise UsageError(f"{where}: unknown table [{key}]; the file holds top-level "
-                             f"{' and '.join(LIMIT_NAMES)} and a [tunables] table")
+                             f"{' and '.join(LIMIT_NAMES)} and mode, a [tunables] table and "
+                             f"[policy.in.IFACE] / [policy.out.IFACE] tables")
         if key in BY_NAME:
             raise UsageError(f"{where}: {key} belongs in the [tunables] table")
         raise UsageError(f"{where}: unknown key {key!r} at the top level; the file holds "
-                         f"top-level {' and '.join(LIMIT_NAMES)} and a [tunables] table")
+                         f"top-level {' and '.join(LIMIT_NAMES)} and mode, a [tunables] table "
+                         f"and [policy.in.IFACE] / [policy.out.IFACE] tables")
     for key, raw in doc.get("tunables", {}).items():
         if key in LIMIT_NAMES:
             limit(key, raw, "[tunables] ")
@@ -458,7 +470,9 @@ class Reloader:
     """A Daemon reload hook: re-read the config file and apply it. A bad file
     raises UsageError (the daemon prints it and keeps what runs)."""
 
-    def __init__(self, daemon, path: Path, cli_max: int | None, running_max: int) -> None:
+    def __init__(self, daemon, path: Path, cli_max: int | None, running_max: int,
+                 cli_mode: str | None = None) -> None:
+        self.cli_mode = cli_mode
         self.daemon = daemon
         self.path = path
         self.cli_max = cli_max
@@ -476,11 +490,28 @@ class Reloader:
                 _say(f"reload {self.path}: {line}")
         else:
             _say(f"reload {self.path}: no change")
+        for line in apply_policy(self.daemon.pin_dir, cfg, self.cli_mode):
+            _say(f"reload {self.path}: {line}")
         wanted = effective_max(self.cli_max, cfg)
         if wanted != self.running_max:
             _say(f"reload {self.path}: max {wanted} needs a restart (`ctbpf run --max "
                  f"{wanted}`); the tables keep {self.running_max} entries")
         self.daemon.write_status(config_sha256=cfg.digest, config_loaded=time.time())
+
+
+def apply_policy(pin_dir: Path, cfg: ConfigFile | None, cli_mode: str | None) -> list[str]:
+    """Put the config's policy (and mode; --mode wins over the file's) in
+    force. Without either, the pinned policy stays as it is (a restart
+    keeps it, like the flows). Returns what changed."""
+    has_policy = cfg is not None and cfg.policies is not None
+    mode = cli_mode or (cfg.mode if cfg is not None else None)
+    if not has_policy and mode is None:
+        return []
+    current, _ = policy.read(pin_dir)
+    wanted = policy.PolicySet(mode or current.mode,
+                              list(cfg.policies) if has_policy else list(current.policies))
+    forced = set(cfg.forced) if has_policy else {p.name for p in current.policies}
+    return policy.apply(pin_dir, wanted, forced)
 
 
 def status_fields(cfg: ConfigFile | None) -> dict:

@@ -143,8 +143,10 @@ def run(args) -> int:
         daemon.add_service(MetricsService(metrics_addr))
     # `ctbpf set max=N` asks the daemon to rebuild its tables (ctbpf/resize.py).
     daemon.add_service(ResizeService())
+    cli_mode = getattr(args, "mode", None)
     if cfg is not None:
-        daemon.reload_hooks.append(config.Reloader(daemon, cfg.path, cli_max, args.max))
+        daemon.reload_hooks.append(config.Reloader(daemon, cfg.path, cli_max, args.max,
+                                                   cli_mode))
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, daemon._on_signal) for s in handled}
@@ -161,6 +163,9 @@ def run(args) -> int:
                 if hasattr(hook, "running_max"):
                     hook.running_max = dp.max_entries
             daemon.datapath = dp
+            # The policy is in force before the first packet is judged.
+            for line in config.apply_policy(pin_dir, cfg, cli_mode):
+                print(f"ctbpf: {line}", flush=True)
             modes = []
             for name in args.iface:
                 modes.append(f"{name} ({dp.attach_xdp(name, args.xdp_mode)})")

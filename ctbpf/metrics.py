@@ -56,6 +56,7 @@ class TrackerCollector:
         yield from self._entries(occ)
         yield from self._packets(counters)
         yield from self._stats(counters, occ)
+        yield from self._policy(counters)
         info = InfoMetricFamily("ctbpf_build", "ctbpf build information")
         info.add_metric([], {"version": __version__, "layout_version": str(abi.LAYOUT_VERSION)})
         yield info
@@ -88,6 +89,28 @@ class TrackerCollector:
         for value, name in abi.INVALID_REASON_NAMES.items():
             invalid.add_metric([name], c[stats.BASE + value])
         yield invalid
+
+    def _policy(self, c):
+        from . import policy  # noqa: PLC0415
+
+        dropped = CounterMetricFamily("ctbpf_dropped_packets", "Packets dropped in enforce mode, "
+                                      "by cause", labels=["cause"])
+        dropped.add_metric(["policy"], c[_STAT["drop"]] - c[_STAT["drop_table_full"]])
+        dropped.add_metric(["table_full"], c[_STAT["drop_table_full"]])
+        yield dropped
+        if not (self.pin_dir / policy.MAP).exists():
+            return
+        ps, _ = policy.read(self.pin_dir)
+        yield GaugeMetricFamily("ctbpf_enforce", "1 in enforce mode (verdicts applied), 0 in "
+                                "observe mode (verdicts counted only)",
+                                value=int(ps.mode == "enforce"))
+        fam = CounterMetricFamily("ctbpf_policy_packets", "Packets judged by an interface's "
+                                  "policy, by user-land state and verdict (would_drop: observe "
+                                  "mode)", labels=["interface", "direction", "state", "verdict"])
+        for name, state, verdict, n in policy.verdict_counts(self.pin_dir):
+            direction, _, iface = name.partition(".")
+            fam.add_metric([iface, direction, state, verdict], n)
+        yield fam
 
     def _stats(self, c, occ):
         def counter(name, doc, value):

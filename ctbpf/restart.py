@@ -837,6 +837,7 @@ class Rebuild:
             self._snap = self._plan(self._read_old())
             self._copy_config()
             self._copy_counters()
+            self._copy_policy()
             self._copy_entries(self._snap)
         except BaseException:
             self.abort()
@@ -880,6 +881,40 @@ class Rebuild:
                         del snap[k]
                         self.report.dropped_expired += 1
         return snap
+
+    def _copy_policy(self) -> None:
+        """The enforce-mode policy and its verdict counters go along (maps an
+        older build did not have are simply absent)."""
+        if not (self.pin_dir / "ct_policy").exists():
+            return
+        old = open_pinned(self.pin_dir, "ct_policy")
+        new = open_pinned(self.tmp, "ct_policy")
+        try:
+            ko, vo = bpfsys.map_info(old), bpfsys.map_info(new)
+            if (ko.key_size, ko.value_size) != (vo.key_size, vo.value_size):
+                log.warning("the pinned policy has another layout: not carried over")
+                return
+            keys, values, count = bpfsys.lookup_batch(old, ko.key_size, ko.value_size,
+                                                      ko.max_entries)
+            for i in range(count):
+                k = ctypes.create_string_buffer(keys[i * ko.key_size:(i + 1) * ko.key_size],
+                                                ko.key_size)
+                v = ctypes.create_string_buffer(
+                    values[i * ko.value_size:(i + 1) * ko.value_size], ko.value_size)
+                bpfsys.update(new, k, v)
+        finally:
+            os.close(old)
+            os.close(new)
+        if (self.pin_dir / "ct_verdicts").exists():
+            old = open_pinned(self.pin_dir, "ct_verdicts")
+            new = open_pinned(self.tmp, "ct_verdicts")
+            try:
+                size = bpfsys.map_info(new).value_size
+                if bpfsys.map_info(old).value_size == size:
+                    write_percpu(new, read_percpu(old, size))
+            finally:
+                os.close(old)
+                os.close(new)
 
     def _copy_config(self) -> None:
         from .loader import read_config, write_config  # noqa: PLC0415

@@ -4,4 +4,4 @@ run() so that `ctbpf --help` and argument errors are instant."""
 
 # The order of `ctbpf --help`.
 MODULES = ("run", "list", "get", "delete", "flush", "count", "events", "stats", "top", "set",
-           "config", "demo")
+           "config", "policy", "demo")

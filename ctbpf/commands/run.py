@@ -30,6 +30,11 @@ def add_arguments(p) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="TOML file of tunables (see deploy/ctbpf.toml), applied at start "
                         "and again on SIGHUP")
+    p.add_argument("--mode", choices=("observe", "enforce"),
+                   help="observe (track and count verdicts, drop nothing) or enforce "
+                        "(drop what the policy refuses, at XDP); default: the config "
+                        "file's mode, else what is pinned, else observe. The policy itself "
+                        "comes from --config ([policy.in.IFACE]) or `ctbpf policy set`")
     p.add_argument("--sweep-min-interval", type=float, default=1.0, metavar="SECONDS",
                    help="shortest time between two sweeps of expired entries (default 1)")
     p.add_argument("--sweep-max-interval", type=float, default=30.0, metavar="SECONDS",

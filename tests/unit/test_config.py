@@ -281,9 +281,25 @@ def test_effective_max_precedence():
      "f.toml: max is given twice (top level and [tunables])"),
     ("tcp_loose = 0\n", "f.toml: tcp_loose belongs in the [tunables] table"),
     ("colour = 1\n", "f.toml: unknown key 'colour' at the top level; the file holds top-level "
-                     "max and buckets and a [tunables] table"),
+                     "max and buckets and mode, a [tunables] table and "
+                     "[policy.in.IFACE] / [policy.out.IFACE] tables"),
     ("[tunable]\ntcp_loose = 0\n", "f.toml: unknown table [tunable]; the file holds top-level "
-                                   "max and buckets and a [tunables] table"),
+                                   "max and buckets and mode, a [tunables] table and "
+                                   "[policy.in.IFACE] / [policy.out.IFACE] tables"),
+    ('mode = "strict"\n', "f.toml: mode: 'strict' is not a mode; allowed: observe, enforce"),
+    ('[policy.in.wan]\naccept = ["establish"]\n', "f.toml: [policy.in.wan].accept: unknown "
+     "state 'establish'; allowed: new, established, related, invalid, untracked"),
+    ('[policy.in.wan]\nnew = ["tcp/99999"]\n', "f.toml: [policy.in.wan].new: port '99999' "
+     "must be a number from 1 to 65535"),
+    ('[policy.in.wan]\nnew = ["ftp/21"]\n', "f.toml: [policy.in.wan].new: unknown protocol "
+     "'ftp' in 'ftp/21'; allowed: ah, any, esp, gre, icmp, icmpv6, ipv6-icmp, sctp, tcp, udp, "
+     "udplite or a number 1-255"),
+    ('[policy.sideways.wan]\n', "f.toml: [policy.sideways]: unknown direction; allowed: in, "
+     "out ([policy.in.IFACE] for packets arriving, [policy.out.IFACE] for packets the host "
+     "sends)"),
+    ('[policy.in.wan]\naccept = ["new"]\n', "policy in.wan: established is not accepted and "
+     "the default is drop, which cuts off every connection through wan (this session's too); "
+     "add force = true (or --force) if you mean it"),
     ("tunables = 3\n", "f.toml: tunables must be a table ([tunables]), got 3"),
     ("[tunables]\n[tunables.x]\n", "f.toml: [tunables] x: unknown tunable; known: "
      + ", ".join(tunables.ALL_BY_NAME)),
