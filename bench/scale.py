@@ -41,10 +41,10 @@ an empty XDP program measured the same way, 0.5 ns truncation bias added
 back, at least 5 interleaved runs, median with min and max):
 
 - *hit, warm*: ACKs of 250 random established flows, each replayed;
-- *hit, cold*: ACKs of consecutive flows, one packet each (the wrapper
-  program rewrites the address on every iteration), spread by the hash over
-  the whole table, so at 1M and 4M flows nearly every lookup misses the CPU
-  caches;
+- *hit, cold*: ACKs of 200,000 flows per run, one packet each (the wrapper
+  program rewrites the address on every iteration), taken with a large prime
+  stride through all the table's flows, so at 1M and 4M flows nearly every
+  lookup misses the CPU caches;
 - *insert*: SYNs of flows never seen (events on, ring buffer drained between
   slices), deleted again after each run so the size stays put. The rate is
   1e9 / (net ns per insert): what one core could insert if it did nothing

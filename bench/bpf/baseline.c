@@ -207,7 +207,9 @@ int bench_insert(struct xdp_md *ctx)
  * bench_wrap: a different flow on every iteration of one BPF_PROG_TEST_RUN.
  * It writes the client address of flow number first + i (i cycling through
  * count flows; the address plan of bench/datapath.py's FlowSet) into the
- * frame at byte `at`, then tail-calls bench_targets[target]: the datapath or
+ * frame at byte `at` (i advancing by `stride`: 1 walks the flows in order, a
+ * large prime scatters the walk over memory), then tail-calls
+ * bench_targets[target]: the datapath or
  * a baseline. Run with wrap -> bench_empty too, the wrapper's own cost is
  * subtracted from every figure measured through it.
  */
@@ -218,6 +220,7 @@ struct bench_wrap_cfg {
 	__u32 count;    /* flows to cycle through */
 	__u32 next;     /* i of the next iteration */
 	__u32 target;   /* slot of bench_targets */
+	__u32 stride;   /* i advances by this, modulo count (coprime with it) */
 };
 BPF_ARRAY(bench_wrap_cfg, struct bench_wrap_cfg, 1);
 BPF_PROG_ARRAY(bench_targets, 8);
@@ -234,7 +237,9 @@ int bench_wrap(struct xdp_md *ctx)
 	if (!c)
 		return XDP_ABORTED;
 	i = c->next;
-	c->next = (i + 1 >= c->count) ? 0 : i + 1;
+	if (c->count == 0)
+		return XDP_ABORTED;
+	c->next = (__u32)(((__u64)i + c->stride) % c->count);
 	v = c->first + i;
 	at = c->at & 0x7f;
 	p = data + at;
