@@ -63,8 +63,11 @@ on occupancy. Per slot the kernel spends one element of
 power of two), plus a few extra elements per CPU: about 160 bytes a slot.
 ctbpf sizes *both* tables at `max` (a flow lives in either, and any flow can
 end up in either), so each provisioned flow costs two slots, about 320
-bytes, before the two ring buffers (`ct_events` 1 MiB, and the expiry index
-`ct_timers` 16 MiB when present) are spread over `max`. The key is the same 40
+bytes, before the datapath's other maps are spread over `max`: the ring
+buffers (`ct_events` 1 MiB; the expiry index `ct_timers` 16 MiB, when the
+datapath has it) and whatever small maps it pins (config, counters, policy:
+the summary lists them all). At `max` = 262,144 they add about 70 bytes a
+flow; at 1M, about 17. The key is the same 40
 bytes for IPv4 and IPv6, so both families cost the same; an IPv4 flow wastes
 24 bytes of zeroed address words. nf_conntrack spends 256 bytes of slab per
 flow plus 8 bytes of bucket per bucket.

@@ -53,6 +53,19 @@ back, at least 5 interleaved runs, median with min and max):
 
 Only IPv4 is measured here: the key is the same 40 bytes for IPv6 and the
 table cost does not depend on the family (bench/datapath.py shows both).
+
+**What it shows.** The warm hit stays flat as the tables grow (about
+115-160 ns net, code-bound: the same flows stay in cache whatever the table
+size). The cold hit follows the bare lookup up as the tables outgrow the
+caches (from tens of ns at 1k flows to roughly 400-700 ns at 1M-4M on this
+VM), and the ratio between them falls from about 3.5x at 1k to 1.1-1.3x
+at 1M and 4M: cache and TLB misses swamp the ~70-110 ns of fixed work
+(see bench/datapath.py's notes for where it goes). The one-core insert rate
+falls from about 1.6 million/s at 1k flows to about 0.6 million/s at 4M:
+each new flow misses in both tables (cold buckets) before its LRU insert
+touches a cold element. The ratio target below is issue 6's 1M-flow target
+applied at every size for comparison; it is missed for the same reasons
+given in bench/datapath.py's notes.
 """
 
 SIZES = (1_000, 100_000, 1_000_000, 4_000_000)
@@ -160,12 +173,14 @@ def _one_size(args, b: Bench, size: int) -> dict:
                         if v != "events_lost"}
         figures[fig]["packets"] = b.packets[fig]
     ins = b.raw["insert"]["ctbpf"]
-    figures["insert"]["rate_per_core"] = common.spread([1e9 / ns for ns in ins], digits=0)
+    # million entries per second: 1e9 / ns / 1e6
+    figures["insert"]["rate_per_core"] = common.spread([1e3 / ns for ns in ins], digits=3)
     figures["insert"]["rate_per_core_no_events"] = common.spread(
-        [1e9 / ns for ns in b.raw["insert"]["ctbpf_no_events"]], digits=0)
-    # the loop around the test runs: ctbpf with events, plus the other three
-    # variants of the same job, so only a lower bound of the datapath's rate
-    figures["insert"]["insert_wall_rate"] = common.spread(wall_rates, digits=0)
+        [1e3 / ns for ns in b.raw["insert"]["ctbpf_no_events"]], digits=3)
+    # the whole loop around the test runs of one job (ctbpf with and without
+    # events, the empty program, deletes, event draining in Python): a floor
+    figures["insert"]["insert_wall_rate"] = common.spread([r / 1e6 for r in wall_rates],
+                                                          digits=3)
     return {"size": size, "max_entries": _max_entries(size), "new_flows_per_run": k,
             "repeat": repeat, "runs": runs, "timing": timing, "figures": figures}
 
@@ -185,11 +200,11 @@ def _results(args, points: list[dict]) -> dict:
     for p in points:
         f = p["figures"]["insert"]
         targets.append(common.target_row(
-            f"insert rate, one core, {p['size']:,} flows in each table", "entries/s",
+            f"insert rate, one core, {p['size']:,} flows in each table", "million entries/s",
             f["rate_per_core"], "none set (issue 6 bounds the cost per new flow: "
             "bench/datapath.py)", None,
             note=f"{f['ctbpf']['median']:g} ns per new flow net of the empty program, "
-                 f"events on; {f['rate_per_core_no_events']['median']:g}/s with events off"))
+                 f"events on; {f['rate_per_core_no_events']['median']:g} M/s with events off"))
     series = {
         "hit, warm (ctbpf)": [(p["size"], p["figures"]["hit_warm"]["ctbpf"]) for p in points],
         "hit, warm (bare lookup)": [(p["size"], p["figures"]["hit_warm"]["lookup"])
@@ -203,7 +218,7 @@ def _results(args, points: list[dict]) -> dict:
                                "flows in the table", "ns per packet (net of empty XDP)",
                                series),
              common.plot_lines("scale-insert-rate", "New flows per second, one core",
-                               "flows in each table", "entries/s",
+                               "flows in each table", "million entries/s",
                                {"ctbpf (events on)": [(p["size"],
                                                        p["figures"]["insert"]["rate_per_core"])
                                                       for p in points]})]
@@ -216,7 +231,7 @@ def _results(args, points: list[dict]) -> dict:
 def summary(result: dict) -> str:
     fv = common.format_value
     lines = ["| flows | max | hit warm | bare lookup warm | hit cold | bare lookup cold | "
-             "new flow | inserts/s (one core) | fill s |",
+             "new flow | M inserts/s (one core) | fill s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for p in result["points"]:
         f = p["figures"]
