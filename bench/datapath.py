@@ -23,7 +23,6 @@ headers' size when larger: 74 for IPv6 TCP):
 from __future__ import annotations
 
 import ctypes
-import errno
 import math
 import os
 import platform
