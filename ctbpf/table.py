@@ -4,8 +4,11 @@ into immutable Flow records with both tuples spelled out."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import ipaddress
 import os
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +122,91 @@ def read_flows(pin_dir: Path, include_expired: bool = False) -> list[Flow]:
     reclaimed yet counts as absent, as it does for the datapath."""
     raw = {table: read_raw(pin_dir, table) for table in TABLES}
     now = time.monotonic_ns()  # after the read: no timeout shows more than it has left
-    flows = []
-    for table, (keys, values, count) in raw.items():
-        for i in range(count):
-            key = abi.CtKey.from_buffer_copy(keys, i * KEY_SIZE)
-            entry = abi.CtEntry.from_buffer_copy(values, i * ENTRY_SIZE)
-            if entry.expires_ns <= now and not include_expired:
-                continue
-            flows.append(decode(key, entry, now, table))
+    flows: list[Flow] = []
+    # A million Flows are a million young objects: the cyclic collector
+    # would walk them over and over while they are made, and they hold no
+    # cycles.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        for table, (keys, values, count) in raw.items():
+            flows += decode_raw(keys, values, count, now, table, include_expired)
+    finally:
+        if paused:
+            gc.enable()
     return flows
+
+
+# -- the fast path: decode() for whole batch buffers, a few us per flow --------
+
+_KEY = struct.Struct("=16s16sHHBBH")
+_ENTRY = struct.Struct("=QQQQQQIBBBB")
+assert (_KEY.size, _ENTRY.size) == (KEY_SIZE, ENTRY_SIZE), "ct_key/ct_entry layout changed"
+assert (abi.CtKey.port_lo.offset, abi.CtKey.proto.offset, abi.CtEntry.state.offset) == \
+    (32, 36, 52), "ct_key/ct_entry field order changed"
+#: network-order u16 read as native -> its value (the datapath stores ports raw)
+_SWAP = [((v & 0xFF) << 8) | (v >> 8) for v in range(65536)]
+
+
+class _Addrs(dict):
+    """Raw address bytes -> text, each address formatted once per read."""
+
+    def __missing__(self, raw: bytes) -> str:
+        text = (socket.inet_ntop(socket.AF_INET, raw[:4]) if len(raw) == 4
+                else socket.inet_ntop(socket.AF_INET6, raw))
+        self[raw] = text
+        return text
+
+
+def _new(cls, **fields):
+    """A frozen dataclass instance without its per-field __setattr__ cost."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
+def decode_raw(keys, values, count: int, now_ns: int, table: str,
+               include_expired: bool = False) -> list[Flow]:
+    """decode() of every entry of one batch read (raw key and value buffers),
+    skipping expired ones unless asked; the same Flows, many times faster."""
+    addrs = _Addrs()
+    states = abi.TCP_STATE_NAMES
+    short = table.removeprefix("ct_")
+    out = []
+    entries = _ENTRY.iter_unpack(memoryview(values)[:count * ENTRY_SIZE])
+    for (alo, ahi, plo, phi, proto, fam, query), (exp, _c, p0, p1, b0, b1, _e, st, fl, _lc, _ld) \
+            in zip(_KEY.iter_unpack(memoryview(keys)[:count * KEY_SIZE]), entries):
+        if exp <= now_ns and not include_expired:
+            continue
+        if fam == FAMILY_IPV4:
+            lo_a, hi_a = addrs[alo[:4]], addrs[ahi[:4]]
+        else:
+            lo_a, hi_a = addrs[alo], addrs[ahi]
+        if fl & F_ORIG_IS_HI:
+            o_a, o_p, a_a, a_p = hi_a, _SWAP[phi], lo_a, _SWAP[plo]
+        else:
+            o_a, o_p, a_a, a_p = lo_a, _SWAP[plo], hi_a, _SWAP[phi]
+        if proto == 6 or proto == 17:
+            orig = _new(Tuple, src=o_a, dst=a_a, sport=o_p, dport=a_p, type=None, code=None,
+                        id=None)
+            reply = _new(Tuple, src=a_a, dst=o_a, sport=a_p, dport=o_p, type=None, code=None,
+                         id=None)
+        elif proto in ICMP_PROTOS and query:
+            req, code = query >> 8, query & 0xFF
+            rep = (ICMPV6_REPLY if proto == 58 else ICMP_REPLY).get(req, 0)
+            orig = _new(Tuple, src=o_a, dst=a_a, sport=None, dport=None, type=req, code=code,
+                        id=o_p)
+            reply = _new(Tuple, src=a_a, dst=o_a, sport=None, dport=None, type=rep, code=code,
+                         id=o_p)
+        else:
+            orig = _new(Tuple, src=o_a, dst=a_a, sport=None, dport=None, type=None, code=None,
+                        id=None)
+            reply = _new(Tuple, src=a_a, dst=o_a, sport=None, dport=None, type=None, code=None,
+                         id=None)
+        remaining = (exp - now_ns) // 1_000_000_000
+        out.append(_new(Flow, proto=proto, family=fam,
+                        state=states.get(st) if proto == 6 else None,
+                        timeout=remaining if remaining > 0 else 0, orig=orig, reply=reply,
+                        unreplied=not fl & F_SEEN_REPLY, assured=bool(fl & F_ASSURED),
+                        packets=(p0, p1), bytes=(b0, b1), table=short))
+    return out

@@ -22,7 +22,7 @@ def run(args) -> int:
     flows = [f for f in table.read_flows(existing_pin_dir(args)) if flt.matches(f)]
     flows.sort(key=lambda f: (f.proto, f.orig.src, f.orig.sport or 0, f.orig.dst, f.orig.dport or 0))
     if args.output == "json":
-        print(formats.json_text(flows))
+        formats.write_json(flows, sys.stdout)
         return 0
     line = formats.proc_line if args.output == "proc" else formats.conntrack_line
     sys.stdout.writelines(line(f) + "\n" for f in flows)
