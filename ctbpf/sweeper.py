@@ -68,7 +68,7 @@ DEFAULT_MIN_INTERVAL = 1.0
 DEFAULT_MAX_INTERVAL = 30.0
 DEFAULT_SLICE_ENTRIES = 8192
 #: Due keys handed to the kernel per slice (0.5-1 us each here).
-DEFAULT_SLICE_KEYS = 4096
+DEFAULT_SLICE_KEYS = 2048
 #: Seconds between two safety walks of the whole tables.
 DEFAULT_WALK_INTERVAL = 600.0
 #: Seconds between two reads of the ct_timers ring outside passes.
