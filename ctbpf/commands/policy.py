@@ -22,9 +22,27 @@ sends out of it). Each `set` gives the whole policy of the targets it names;
 the others keep theirs."""
 
 
+class _Intermixed:
+    """Options anywhere among the targets (`set --mode enforce wan ...`,
+    `set wan ... --force -- lan ...`): plain argparse matches the positionals
+    once, before the first option, and leaves the rest unrecognized."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._mixing:
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
 def add_arguments(p) -> None:
     import argparse  # noqa: PLC0415
 
+    p.__class__ = type("PolicyParser", (_Intermixed, type(p)), {})
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("action", nargs="?", choices=("show", "set", "clear"), default="show",
