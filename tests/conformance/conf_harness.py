@@ -362,6 +362,10 @@ class Harness:
         self.proc_ct = None
         self.silenced = False
         self.values = tunables.defaults()
+        #: Callables whose dicts are merged into ctbpf_counters() (e.g. the
+        #: policy verdicts test's ct_verdicts reads), so every delta a Run
+        #: takes covers them too.
+        self.extra_ctbpf_counters: list = []
 
     # -- set up and tear down ----------------------------------------------
 
@@ -542,13 +546,16 @@ class Harness:
     # -- reading both sides ------------------------------------------------
 
     def kernel_counters(self) -> dict[str, int]:
-        cp = self.lab.exec("router", ["nft", "-j", "list", "counters", "table", "inet",
-                                      NFT_TABLE], check=True)
+        """The conformance table's counters by name; named counters of any
+        other table in the router (a policy twin, say) as "TABLE:NAME", read
+        in the same dump."""
+        cp = self.lab.exec("router", ["nft", "-j", "list", "counters"], check=True)
         out = {}
         for item in json.loads(cp.stdout)["nftables"]:
             c = item.get("counter")
             if c:
-                out[c["name"]] = int(c["packets"])
+                name = c["name"] if c.get("table") == NFT_TABLE else f"{c['table']}:{c['name']}"
+                out[name] = int(c["packets"])
         return out
 
     def ctbpf_counters(self) -> dict[str, int]:
@@ -556,6 +563,8 @@ class Harness:
         out = {name: raw[v] for v, name in abi.PKT_STATE_NAMES.items()}
         for v, name in abi.INVALID_REASON_NAMES.items():
             out[f"inv:{name}"] = raw[stats.BASE + v]
+        for extra in self.extra_ctbpf_counters:
+            out.update(extra())
         return out
 
     def kernel_flows(self) -> dict:
