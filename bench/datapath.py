@@ -99,10 +99,12 @@ run, and are deleted again after each run so the fill level stays put.
 Events are on (the default) and the ring buffer is drained between slices of
 4,096 packets; the same with events off is shown too.
 
-**Targets missed, and why.** Figures below are rounded from the recorded
-run; the table above has the exact ones.
+**Targets missed, and why.** Figures below are rounded ranges over the
+full runs made while writing this benchmark on a busy shared 2-CPU VM; the
+table above has the recorded run's exact ones.
 
-- *Established hit, <= 1k flows: about 110 ns net (135 ns gross) against 35.*
+- *Established hit, <= 1k flows: about 110-120 ns net (130-145 ns gross)
+  against 35.*
   The target is below what a bare parse-and-lookup costs on this VM (about
   40 ns net): hashing a 40-byte key and comparing it is most of that. The
   "bare lookup + accounting" baseline (clock read, expiry refresh, two
@@ -119,18 +121,21 @@ run; the table above has the exact ones.
   packets); a fast path for ACKs of ESTABLISHED ASSURED flows that skips the
   state table; reading `ct_config` only on the slow path; not zeroing the
   whole `struct ct_pkt`. Even then 35 ns net is only plausible on bare metal.
-- *Established hit, 1M flows: 2.8x the bare lookup warm, 1.4-1.5x cold,
-  against 1.15x.* The same ~70 ns of fixed work sits on top of either
+- *Established hit, 1M flows: 2.6-2.8x the bare lookup warm, 1.2-1.5x
+  cold, against 1.15x.* The same ~70 ns of fixed work sits on top of either
   lookup: warm, the lookup is 40 ns and the ratio is large; cold, the lookup
-  is dominated by cache misses (200-330 ns) and the ratio falls, but ctbpf
+  is dominated by cache misses (200-500 ns) and the ratio falls, but ctbpf
   also dirties the entry's line (expiry, counters) where the bare lookup only
-  reads. The remedies above are the ones that matter here.
-- *New flow: about 665 ns net with `ct_new` 25% full against 250; 1.6x a
-  bare LRU insert at 90% against 1.1x.* A bare LRU insert alone costs about
-  390 ns (25%) to 540 ns (90%) on this machine, so 250 ns is out of reach
+  reads. The remedies above are the ones that matter here. (The cold IPv4
+  and IPv6 figures differ by up to 1.5x in the bare lookup as much as in
+  ctbpf: that comes from where each family's flows sit in the table's
+  memory, not from the family.)
+- *New flow: about 660-760 ns net with `ct_new` 25% full against 250;
+  1.55-1.75x a bare LRU insert at 90% against 1.1x.* A bare LRU insert alone
+  costs about 390-410 ns (25%) to 540-640 ns (90%) on this machine, so 250 ns is out of reach
   for any design that inserts into a BPF LRU hash here. Over the bare
   insert ctbpf pays two lookups that miss (`ct_assured`, then `ct_new`:
-  cold buckets once the tables are big), the NEW event (about 120 ns: a
+  cold buckets once the tables are big), the NEW event (about 120-150 ns: a
   112-byte ring buffer record; see "events off") and its parse and
   bookkeeping. Closing it: try `ct_new.update(..., BPF_NOEXIST)` first for
   a SYN that missed `ct_assured` and look `ct_new` up only on `EEXIST` (one

@@ -57,11 +57,13 @@ table cost does not depend on the family (bench/datapath.py shows both).
 **What it shows.** The warm hit stays flat as the tables grow (about
 115-160 ns net, code-bound: the same flows stay in cache whatever the table
 size). The cold hit follows the bare lookup up as the tables outgrow the
-caches (from tens of ns at 1k flows to roughly 400-700 ns at 1M-4M on this
-VM), and the ratio between them falls from about 3.5x at 1k to 1.1-1.3x
-at 1M and 4M: cache and TLB misses swamp the ~70-110 ns of fixed work
+caches (from tens of ns at 1k flows to roughly 400-750 ns at 1M-4M on this
+VM), and the ratio between them falls from about 3x at 1k to 1.1-1.35x
+at 100k and beyond: cache and TLB misses swamp the ~70-110 ns of fixed work
 (see bench/datapath.py's notes for where it goes). The one-core insert rate
-falls from about 1.6 million/s at 1k flows to about 0.6 million/s at 4M:
+falls from about 1.4-1.6 million/s at 1k flows to about 0.6-0.7 million/s
+at 4M (figures from the full runs made while writing this, on a busy
+shared 2-CPU VM):
 each new flow misses in both tables (cold buckets) before its LRU insert
 touches a cold element. The ratio target below is issue 6's 1M-flow target
 applied at every size for comparison; it is missed for the same reasons
