@@ -97,7 +97,9 @@ so each path is really the one taken. New flows go into `ct_new` filled to
 25% / 90% with SYN_SENT entries (`ct_assured` empty), with fresh keys every
 run, and are deleted again after each run so the fill level stays put.
 Events are on (the default) and the ring buffer is drained between slices of
-4,096 packets; the same with events off is shown too.
+4,096 packets, and so is the expiry index's ring (`ct_timers`, read by the
+sweeper in a running agent), so every new flow writes both records; the
+same with events off is shown too.
 
 **Targets missed, and why.** Figures below are rounded ranges over the
 full runs made while writing this benchmark on a busy shared 2-CPU VM; the
@@ -136,8 +138,8 @@ table above has the recorded run's exact ones.
   for any design that inserts into a BPF LRU hash here. Over the bare
   insert ctbpf pays two lookups that miss (`ct_assured`, then `ct_new`:
   cold buckets once the tables are big), the NEW event (about 120-150 ns: a
-  112-byte ring buffer record; see "events off") and its parse and
-  bookkeeping. Closing it: try `ct_new.update(..., BPF_NOEXIST)` first for
+  112-byte ring buffer record; see "events off"), the expiry index's
+  48-byte `ct_timers` record, and its parse and bookkeeping. Closing it: try `ct_new.update(..., BPF_NOEXIST)` first for
   a SYN that missed `ct_assured` and look `ct_new` up only on `EEXIST` (one
   cold lookup less); a NEW event that carries only the key, or events off by
   default when no one listens (the kernel only builds events for
@@ -163,6 +165,8 @@ REPEAT_BIAS_NS = 0.5          # the kernel's per-run average is truncated to who
 STAT = {n: abi.const(f"CT_STAT_{n.upper()}") for n in
         ("pkt_new", "pkt_established", "pkt_related", "pkt_invalid", "found", "insert",
          "insert_failed", "promote", "event_lost")}
+if "CT_STAT_TIMER_LOST" in abi.CONSTS:       # the expiry index (ct_timers), when built in
+    STAT["timer_lost"] = abi.const("CT_STAT_TIMER_LOST")
 BENCH_HIT, BENCH_MISS, BENCH_INSERT, BENCH_INSERT_FAILED, BENCH_UNPARSED, BENCH_ACCT_HIT = range(6)
 
 # Targets of issue 6.
@@ -544,12 +548,25 @@ class Tracker:
         self.dp: Datapath | None = None
         self.map_fd: dict[str, int] = {}
         self.events = 0
+        self.timers = None
         try:
             self.dp = Datapath(self.pin_dir, max_entries=entries).load()
             self.dp.open_events(self._on_event)
             self.fd = self.dp.prog_fd()
             self.map_fd = {name: bpfsys.obj_get(str(self.pin_dir / name))
                            for name in ("ct_new", "ct_assured")}
+            if (self.pin_dir / "ct_timers").exists():
+                # The expiry index's ring, read by the agent's sweeper: read
+                # (and dropped) here the same way, so that new flows always
+                # find room for their registration, as in a running agent.
+                from ctbpf.ringbuf import RingReader  # noqa: PLC0415
+
+                fd = bpfsys.obj_get(str(self.pin_dir / "ct_timers"))
+                try:
+                    self.timers = RingReader(fd)
+                finally:
+                    os.close(fd)
+                self.timer_size = ctypes.sizeof(abi.STRUCTS["ct_timer"])
         except BaseException:
             self.close()
             raise
@@ -558,7 +575,11 @@ class Tracker:
         self.events += 1
 
     def drain(self) -> None:
+        """Read what the datapath wrote into its rings (events, expiry index)."""
         self.dp.poll_events(0)
+        if self.timers is not None:
+            while self.timers.consume_fixed(self.timer_size, 1 << 16, lambda *_: None):
+                pass
 
     def counters(self) -> dict[str, int]:
         c = stats.read_counters(self.pin_dir)
@@ -570,6 +591,9 @@ class Tracker:
         write_config(self.pin_dir, values)
 
     def close(self) -> None:
+        if self.timers is not None:
+            self.timers.close()
+            self.timers = None
         for fd in self.map_fd.values():
             os.close(fd)
         self.map_fd = {}
@@ -800,6 +824,8 @@ class Bench:
                       delete_keys(self.tr.map_fd["ct_new"], keys), k)
                 if name == "ctbpf":
                     extra = {"events": self.tr.events, "events_lost": d["event_lost"]}
+                if "timer_lost" in d:
+                    check(f"{figure}: expiry registrations lost", d["timer_lost"], 0)
             elif target == "insert":
                 check(f"{figure}: bare inserts", self.base.counter(BENCH_INSERT) - before_ins, k)
                 check(f"{figure}: bare inserts deleted again",
