@@ -130,24 +130,33 @@ def listen(args) -> int:
     accepted = datagrams = 0
     out(event="ready")
     deadline = time.monotonic() + args.seconds
+    def take() -> int:
+        """Accept or read what is pending now; how many."""
+        n = 0
+        for _ in range(1000):
+            try:
+                if args.udp:
+                    s.recvfrom(65535)
+                else:
+                    s.accept()[0].close()
+            except BlockingIOError:
+                break
+            n += 1
+        return n
+
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             break
         ready, _, _ = select.select([s, sys.stdin], [], [], min(left, 1.0))
+        if s in ready:
+            got = take()
+            accepted, datagrams = (accepted, datagrams + got) if args.udp else \
+                (accepted + got, datagrams)
         if sys.stdin in ready:
             break
-        if s in ready:
-            try:
-                if args.udp:
-                    s.recvfrom(65535)
-                    datagrams += 1
-                else:
-                    c, _ = s.accept()
-                    c.close()
-                    accepted += 1
-            except BlockingIOError:
-                pass
+    got = take()   # what came before the stop
+    accepted, datagrams = (accepted, datagrams + got) if args.udp else (accepted + got, datagrams)
     out(event="done", accepted=accepted, datagrams=datagrams)
     return 0
 
