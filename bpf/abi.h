@@ -152,6 +152,7 @@ enum ct_cfg {
 	CT_CFG_TCP_BE_LIBERAL = 18,
 	CT_CFG_TCP_MAX_RETRANS = 19,
 	CT_CFG_EVENTS = 20,          /* 1: emit NEW/UPDATE/DESTROY events into ct_events */
+	CT_CFG_POLICIES = 21,        /* elements in ct_policy; 0 spares every packet the lookup */
 	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
 	CT_CFG_MAX = 32,
 };

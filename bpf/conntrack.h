@@ -361,15 +361,19 @@ static __always_inline int ct_state(void *data, void *data_end, struct ct_pkt *p
 static __always_inline int ct_process(void *data, void *data_end, __u32 ifindex, __u32 hook)
 {
 	struct ct_policy_key pk = { .ifindex = ifindex, .hook = hook };
-	struct ct_vctx vc = { .pol = ct_policy.lookup(&pk), .verdict = -1 };
+	struct ct_vctx vc = { .pol = 0, .verdict = -1 };
 	struct ct_pkt pkt = {};
+	__u32 zero = 0;
+	struct ct_config *cfg = ct_config.lookup(&zero);
+
+	if (cfg && cfg->value[CT_CFG_POLICIES])
+		vc.pol = ct_policy.lookup(&pk);
 	int state = ct_state(data, data_end, &pkt, &vc);
 	int verdict = vc.verdict == CT_VERDICT_DROP ? CT_VERDICT_DROP :
 		      ct_verdict(vc.pol, state, &pkt);
 
 	ct_count_verdict(vc.pol, state, verdict);
 	if (verdict == CT_VERDICT_DROP) {
-		__u32 zero = 0;
 		struct ct_counters *st = ct_stats.lookup(&zero);
 
 		if (st)

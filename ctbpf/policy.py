@@ -444,7 +444,19 @@ def apply(pin_dir: Path, ps: PolicySet, forced: set | None = None) -> list[str]:
                              f"(everything passes)")
     finally:
         os.close(fd)
+    _set_count(pin_dir, len(wanted))
     return lines
+
+
+def _set_count(pin_dir: Path, count: int) -> None:
+    """Tell the datapath how many policies there are (0: no lookup at all)."""
+    from .loader import read_config, write_raw_config  # noqa: PLC0415
+
+    cfg = read_config(pin_dir)
+    slot = abi.const("CT_CFG_POLICIES")
+    if cfg.value[slot] != count:
+        cfg.value[slot] = count
+        write_raw_config(pin_dir, cfg)
 
 
 def describe(p: InterfacePolicy) -> str:
