@@ -40,6 +40,7 @@ HOLD_S = 25              # the kept-open TCP connection outlives the demo's traf
 
 # Ports on the server (the lab is new, so they are free).
 TCP_OPEN, TCP_CLOSED, TCP_REFUSED, TCP6, UDP = 8080, 8081, 8082, 8443, 5353
+TCP_INBOUND = 2222      # the server's attempt at the client, refused by the policy
 
 
 class DemoError(Exception):
@@ -149,10 +150,13 @@ class _Demo:
         _title("6. Counters: ctbpf stats")
         self.show_stats(json.loads(self.ctbpf("stats", "-o", "json").stdout))
 
-        _title("7. Where to look")
+        _title("7. Enforce mode, the spec's firewall: only ESTABLISHED/RELATED back in")
+        self.enforce()
+
+        _title("8. Where to look")
         self.hints()
 
-        _title("8. Stop the tracker (SIGINT) and clean up")
+        _title("9. Stop the tracker (SIGINT) and clean up")
         self.stop_tracker()
 
     # -- steps ---------------------------------------------------------------
@@ -235,6 +239,43 @@ class _Demo:
         self.wait_flow(6, TCP6, "TIME_WAIT")
         _row("TCP", f"[{s6}] port {TCP6}, echo, closed", "TIME_WAIT [ASSURED]")
 
+    def enforce(self) -> None:
+        lab = self.lab
+        _say("ctbpf policy set --mode enforce cli0 accept=new,established,related "
+             "new_requires_syn=1 -- srv0 accept=established,related")
+        self.ctbpf("policy", "set", "--mode", "enforce", "cli0",
+                   "accept=new,established,related", "new_requires_syn=1", "--",
+                   "srv0", "accept=established,related")
+        # From the inside out: NEW, then its answers, pass.
+        if not lab.ping("client", lab.server_ip, count=1):
+            raise DemoError("with the policy on, the client's ping got no answer")
+        _row("ICMP", f"client pings {lab.server_ip}", "NEW out, answer back: passes")
+        # From the outside in: the server's SYN is dropped at XDP on srv0.
+        listener = lab.traffic_popen("client", "tcp-server", "--port", TCP_INBOUND,
+                                     "--timeout", 4, cwd=PACKAGE_ROOT)
+        try:
+            if not lab.wait_listening("client", TCP_INBOUND, "tcp", timeout=self.left(5)):
+                raise DemoError(f"tcp-server on port {TCP_INBOUND} did not start")
+            cp = lab.traffic("server", "tcp-client", "--host", lab.client_ip, "--port",
+                             TCP_INBOUND, "--timeout", 1.5, timeout=self.left(STEP_S))
+        finally:
+            listener.kill()
+            listener.wait()
+        if cp.returncode == 0 or "timed out" not in cp.stderr:
+            raise DemoError(f"the server reached the client through the firewall: "
+                            f"{cp.stderr.strip() or cp.stdout.strip()}")
+        if self.flows(6, TCP_INBOUND):
+            raise DemoError("a dropped SYN left an entry")
+        _row("TCP", f"server connects to {lab.client_ip} port {TCP_INBOUND}",
+             "NEW from outside: dropped, no entry")
+        _say()
+        print(self.ctbpf("policy").stdout, end="", flush=True)
+        _say("As nft (ctbpf policy --explain), the srv0 chain:")
+        nft = self.ctbpf("policy", "--explain").stdout.splitlines()
+        at = next(i for i, line in enumerate(nft) if "chain in_srv0" in line)
+        for line in nft[at:at + 5]:
+            _say("  " + line.strip())
+
     def show_stats(self, s: dict) -> None:
         p, e, n = s["packets"], s["events"], s["entries"]
         _say("packets  " + "  ".join(f"{k} {v}" for k, v in p.items()))
@@ -250,6 +291,7 @@ class _Demo:
         _say(f"  {rtr} {ct} list                # the table, as above")
         _say(f"  {rtr} {ct} list -o conntrack   # with counters")
         _say(f"  {rtr} {ct} stats               # counters, like conntrack -S")
+        _say(f"  {rtr} {ct} policy --explain    # the firewall, as an nft ruleset")
         _say(f"  {rtr} curl -s 127.0.0.1:9476/metrics   # metrics: http://127.0.0.1:9476/metrics")
         _say(f"  ip netns exec {lab.client} ping {lab.server_ip}   # traffic through the router")
         _say(f"Maps: {self.pin_dir} (bpftool map show pinned {self.pin_dir}/ct_new)")
