@@ -875,7 +875,7 @@ def test_demo(need_bpf):
     out = cp.stdout
     prefix = _lab_prefix(out)
     for title in ("Lab", "Tracker", "Traffic", "ctbpf list", "conntrack", "ctbpf stats",
-                  "Where to look", "Stop"):
+                  "Enforce mode", "Where to look", "Stop"):
         assert re.search(rf"^== \d+\. .*{re.escape(title)}", out, re.M), title
     assert "ctbpf: tracking on cli0" in out
     lines = out.splitlines()
@@ -896,6 +896,14 @@ def test_demo(need_bpf):
     assert [l for l in lines if l.startswith("icmp     1 ")]
     assert [l for l in lines if l.startswith("icmpv6   58 ")]
     assert f"ip netns exec {prefix}-rtr " in out and " list" in out and " stats" in out
+    # Enforce mode: the client still gets out, the server's SYN dies at XDP.
+    assert re.search(r"client pings \S+ +-> NEW out, answer back: passes", out)
+    assert re.search(r"server connects to \S+ port 2222 +-> NEW from outside: dropped", out)
+    assert "mode: enforce" in lines
+    assert "srv0:in  accept established,related; else drop" in lines
+    srv0 = lines[lines.index("srv0:in  accept established,related; else drop") + 1]
+    assert re.search(r"\bnew/drop [1-9]", srv0), srv0
+    assert "ct state { established, related } accept" in out
     assert not {f"{prefix}-{r}" for r in ("cli", "rtr", "srv")} & set(list_namespaces())
     assert not Path(f"/sys/fs/bpf/ctbpf@{prefix}-rtr").exists()
 
