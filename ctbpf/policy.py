@@ -424,10 +424,17 @@ def apply(pin_dir: Path, ps: PolicySet, forced: set | None = None) -> list[str]:
     current, where = read(pin_dir)
     old_slots = {(idx, HOOKS[name.split(".", 1)[0]]): slot for name, (idx, slot) in where.items()}
     used = {old_slots[k] for k in wanted if k in old_slots}
-    free = (s for s in range(MAX_SLOTS) if s not in used)
+    free = iter(_free_slots(pin_dir, used))
     lines = []
     fd = bpfsys.obj_get(str(pin_dir / MAP))
     try:
+        # Removed first: their slots are then no longer counted into, should
+        # a new policy have to take one of them.
+        for (ifindex, hook), slot in old_slots.items():
+            if (ifindex, hook) not in wanted:
+                bpfsys.delete(fd, abi.CtPolicyKey(ifindex=ifindex, hook=hook))
+                lines.append(f"policy {HOOK_NAMES[hook]}.{_ifname(ifindex)}: removed "
+                             f"(everything passes)")
         for (ifindex, hook), p in wanted.items():
             slot = old_slots.get((ifindex, hook))
             if slot is None:
@@ -437,15 +444,27 @@ def apply(pin_dir: Path, ps: PolicySet, forced: set | None = None) -> list[str]:
             before = current.get(p.hook, p.interface)
             if before != p or current.mode != ps.mode:
                 lines.append(f"policy {p.name}: {describe(p)} ({ps.mode})")
-        for (ifindex, hook), slot in old_slots.items():
-            if (ifindex, hook) not in wanted:
-                bpfsys.delete(fd, abi.CtPolicyKey(ifindex=ifindex, hook=hook))
-                lines.append(f"policy {HOOK_NAMES[hook]}.{_ifname(ifindex)}: removed "
-                             f"(everything passes)")
     finally:
         os.close(fd)
     _set_count(pin_dir, len(wanted))
     return lines
+
+
+def _free_slots(pin_dir: Path, used: set) -> list[int]:
+    """Slots (rows of ct_verdicts) for new policies, those that never
+    counted a packet first: a new policy must not start with the counts of
+    a removed one (ctbpf policy, ctbpf_policy_packets_total). A row that
+    counted already is taken only when no clean one is left."""
+    try:
+        counts = read_counts(pin_dir)
+    except OSError:
+        counts = []
+    row = len(STATES) * abi.const("CT_VERDICT_MAX")
+
+    def dirty(s: int) -> bool:
+        return any(counts[s * row:(s + 1) * row])
+
+    return sorted((s for s in range(MAX_SLOTS) if s not in used), key=lambda s: (dirty(s), s))
 
 
 def _set_count(pin_dir: Path, count: int) -> None:
