@@ -577,3 +577,11 @@ def test_live_policy_changes_keep_connections(lab, enforcer):
     for h in holds:
         bye = h.close()
         assert bye["dead"] == [] and bye["sent"] > 0 and bye["received"] > 0, bye
+
+    # A policy added after another was removed starts from zero counts
+    # (its row of ct_verdicts is not the removed one's).
+    assert any(p["policy"] == "in.srv0" for p in tr.policy_json()["packets"])
+    assert tr.cli("policy", "clear", "srv0").stdout == \
+        "policy in.srv0: removed (everything passes)\n"
+    tr.cli("policy", "set", "srv0:out", "accept=new,established,related")
+    assert [p for p in tr.policy_json()["packets"] if p["policy"].endswith(".srv0")] == []
