@@ -101,52 +101,54 @@ Events are on (the default) and the ring buffer is drained between slices of
 sweeper in a running agent), so every new flow writes both records; the
 same with events off is shown too.
 
-**Targets missed, and why.** Figures below are rounded ranges over the
-full runs made while writing this benchmark on a busy shared 2-CPU VM; the
-table above has the recorded run's exact ones.
+**Targets missed, and why.** The figures quoted here are rounded from the
+recorded full run (datapath of commit 00bc90e, enforce mode off) on a
+shared, busy 2-CPU VM; the table above has the exact ones. Full runs of the
+datapath before that commit (a policy lookup on every packet) gave hits of
+110-120 ns and malformed frames of about 29 ns net.
 
-- *Established hit, <= 1k flows: about 110-120 ns net (130-145 ns gross)
-  against 35.*
-  The target is below what a bare parse-and-lookup costs on this VM (about
-  40 ns net): hashing a 40-byte key and comparing it is most of that. The
-  "bare lookup + accounting" baseline (clock read, expiry refresh, two
-  atomic adds to the entry, as `ct_account` does) costs about 75 ns: some
-  35 ns of ctbpf's hit is that accounting. The remaining ~35 ns is ctbpf's
-  own: two array lookups per packet (`ct_stats`, `ct_config`), zeroing the
-  ~100-byte `struct ct_pkt` and the key, the full parser (VLAN and IPv6
-  extension-header loops), the TCP table, the event check and two per-CPU
-  counters. What would bring it down (all in `bpf/`, not done here): an
-  `acct` tunable off by default, as `nf_conntrack_acct` is (the kernel does
-  not count packets per flow unless asked), or per-CPU counters instead of
-  atomics on a shared line; `bpf_ktime_get_coarse_ns()` and refreshing
+- *Established hit, <= 1k flows: about 95 ns net (115-120 ns gross)
+  against 35.* The target is close to what a bare parse-and-lookup costs on
+  this VM (about 40 ns net): hashing a 40-byte key and comparing it is most
+  of that. The "bare lookup + accounting" baseline (clock read, expiry
+  refresh, two atomic adds to the entry, as `ct_account` does) costs about
+  75 ns: some 35 ns of ctbpf's hit is that accounting. The remaining ~20 ns
+  is ctbpf's own: two array lookups per packet (`ct_stats`, `ct_config`),
+  zeroing the ~100-byte `struct ct_pkt` and the key, the full parser (VLAN
+  and IPv6 extension-header loops), the TCP table, the event check and two
+  per-CPU counters. What would bring it down (all in `bpf/`, not done here):
+  an `acct` tunable off by default, as `nf_conntrack_acct` is (the kernel
+  does not count packets per flow unless asked), or per-CPU counters instead
+  of atomics on a shared line; `bpf_ktime_get_coarse_ns()` and refreshing
   `expires_ns` only when it moves by a second or more (no store on most
   packets); a fast path for ACKs of ESTABLISHED ASSURED flows that skips the
-  state table; reading `ct_config` only on the slow path; not zeroing the
-  whole `struct ct_pkt`. Even then 35 ns net is only plausible on bare metal.
-- *Established hit, 1M flows: 2.6-2.8x the bare lookup warm, 1.2-1.5x
-  cold, against 1.15x.* The same ~70 ns of fixed work sits on top of either
+  state table; not zeroing the whole `struct ct_pkt`. Even then 35 ns net is
+  only plausible on bare metal: the bare lookup alone is above it here.
+- *Established hit, 1M flows: about 2.3x the bare lookup warm, 1.2-1.3x
+  cold, against 1.15x.* The same ~55 ns of fixed work sits on top of either
   lookup: warm, the lookup is 40 ns and the ratio is large; cold, the lookup
-  is dominated by cache misses (200-500 ns) and the ratio falls, but ctbpf
+  is dominated by cache misses (350-550 ns) and the ratio falls, but ctbpf
   also dirties the entry's line (expiry, counters) where the bare lookup only
   reads. The remedies above are the ones that matter here. (The cold IPv4
   and IPv6 figures differ by up to 1.5x in the bare lookup as much as in
   ctbpf: that comes from where each family's flows sit in the table's
   memory, not from the family.)
-- *New flow: about 660-760 ns net with `ct_new` 25% full against 250;
-  1.55-1.75x a bare LRU insert at 90% against 1.1x.* A bare LRU insert alone
-  costs about 390-410 ns (25%) to 540-640 ns (90%) on this machine, so 250 ns is out of reach
-  for any design that inserts into a BPF LRU hash here. Over the bare
-  insert ctbpf pays two lookups that miss (`ct_assured`, then `ct_new`:
-  cold buckets once the tables are big), the NEW event (about 120-150 ns: a
+- *New flow: about 870-890 ns net with `ct_new` 25% full against 250;
+  1.5-1.6x a bare LRU insert at 90% against 1.1x.* A bare LRU insert alone
+  costs about 520-545 ns (25%) to 810-840 ns (90%) in the recorded run
+  (390-410 and 540-670 ns in quieter runs), so 250 ns is out of reach for
+  any design that inserts into a BPF LRU hash on this machine. Over the bare
+  insert ctbpf pays two lookups that miss (`ct_assured`, then `ct_new`: cold
+  buckets once the tables are big), the NEW event (about 110-150 ns: a
   112-byte ring buffer record; see "events off"), the expiry index's
-  48-byte `ct_timers` record, and its parse and bookkeeping. Closing it: try `ct_new.update(..., BPF_NOEXIST)` first for
-  a SYN that missed `ct_assured` and look `ct_new` up only on `EEXIST` (one
-  cold lookup less); a NEW event that carries only the key, or events off by
-  default when no one listens (the kernel only builds events for
-  listeners); `BPF_F_NO_COMMON_LRU` for `ct_new` (per-CPU LRU lists, no
-  global LRU lock under floods).
-- *Malformed: met net of the harness (about 29 ns); the gross figure,
-  harness included, is about 52 ns.*
+  48-byte `ct_timers` record, and its parse and bookkeeping. Closing it:
+  try `ct_new.update(..., BPF_NOEXIST)` first for a SYN that missed
+  `ct_assured` and look `ct_new` up only on `EEXIST` (one cold lookup less);
+  a NEW event that carries only the key, or events off by default when no
+  one listens (the kernel only builds events for listeners);
+  `BPF_F_NO_COMMON_LRU` for `ct_new` (per-CPU LRU lists, no global LRU lock
+  under floods).
+- *Malformed: met, about 14 ns net (37 ns gross).*
 """
 
 BPFFS = Path("/sys/fs/bpf")
@@ -192,8 +194,9 @@ def add_arguments(g) -> None:
                    help="new flows per run (at most 5%% of the table; default 50000)")
     g.add_argument("--datapath-total", type=int, default=1_000_000, metavar="N",
                    help="packets per figure at least, over all runs (default 1000000)")
-    g.add_argument("--datapath-runs", type=int, default=common.MIN_RUNS, metavar="N",
-                   help=f"runs per figure at least (default {common.MIN_RUNS})")
+    g.add_argument("--datapath-runs", type=int, default=9, metavar="N",
+                   help=f"runs per figure at least (default 9; at least {common.MIN_RUNS}: "
+                        f"more runs keep the medians steady on a shared machine)")
     g.add_argument("--datapath-max-seconds", type=float, default=900, metavar="S",
                    help="give up after this long (default 900)")
 
