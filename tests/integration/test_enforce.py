@@ -23,6 +23,7 @@ left the router, not that a socket failed to answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,8 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CTBPF, READY_TIMEOUT, REPO, Tracker, TrackerError, new_pin_dir,
-                      remove_pin_dir)
+from conftest import (READY_TIMEOUT, REPO, Tracker, TrackerError, _a_lab, bpf_unavailable,
+                      cannot, lab_unavailable, new_pin_dir, remove_pin_dir)
 from ctbpf.lab import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -155,16 +156,16 @@ class StderrWatch:
         return self.text
 
 
-@pytest.fixture
-def enforcer(lab, need_bpf, tmp_path):
-    """enforcer(config_text, extra=()) -> a ready EnforceTracker on cli0 and
-    srv0 running `--config FILE` (tracker.config is the file's path). At
-    teardown: stopped by SIGINT (exit 0, no XDP left) when the test went
+@contextlib.contextmanager
+def _enforcers(lab: Lab, tmp: Path):
+    """Yields start(config_text, extra=()) -> a ready EnforceTracker on cli0
+    and srv0 running `--config FILE` (tracker.config is the file's path).
+    On the way out: stopped by SIGINT (exit 0, no XDP left) when all went
     well, killed otherwise; pins removed either way."""
     made: list[tuple[EnforceTracker, Path]] = []
 
     def start(config_text: str, extra: tuple = ()) -> EnforceTracker:
-        cfg = tmp_path / f"ctbpf-{len(made)}.toml"
+        cfg = tmp / f"ctbpf-{len(made)}.toml"
         cfg.write_text(config_text)
         pin = new_pin_dir()
         tr = EnforceTracker(lab, pin, extra=["--config", str(cfg), *extra])
@@ -183,6 +184,28 @@ def enforcer(lab, need_bpf, tmp_path):
             remove_pin_dir(pin)
     left = [str(pin) for _, pin in made if pin.exists()]
     assert not left, f"pins left behind: {left}"
+
+
+@pytest.fixture
+def enforcer(lab, need_bpf, tmp_path):
+    """A factory of enforce trackers in this test's lab (see _enforcers)."""
+    with _enforcers(lab, tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def firewall_tracker(tmp_path_factory):
+    """One lab and one tracker running the spec's firewall (enforce) with
+    --metrics-addr, for the IPv4 and the IPv6 run of test_spec_firewall:
+    one BPF compile instead of two. ``.lab``, ``.metrics`` (HOST:PORT)."""
+    for reason in (lab_unavailable(), bpf_unavailable()):
+        if reason:
+            cannot(f"BPF unavailable: {reason}")
+    metrics = f"127.0.0.1:{30000 + secrets.randbelow(20000)}"
+    with _a_lab() as the_lab, _enforcers(the_lab, tmp_path_factory.mktemp("fw")) as start:
+        tr = start(firewall(), extra=("--metrics-addr", metrics))
+        tr.metrics = metrics
+        yield tr
 
 
 # --------------------------------------------------------------------------
@@ -281,10 +304,12 @@ def addresses(lab: Lab, family: int) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
-def test_spec_firewall(lab, enforcer, family):
+def test_spec_firewall(firewall_tracker, family):
+    tr, lab, metrics = firewall_tracker, firewall_tracker.lab, firewall_tracker.metrics
     cip, sip = addresses(lab, family)
-    metrics = f"127.0.0.1:{30000 + secrets.randbelow(20000)}"
-    tr = enforcer(firewall(), extra=("--metrics-addr", metrics))
+    # What the other family's run may have left: observe mode, tcp_loose=0.
+    tr.cli("policy", "set", "--mode", "enforce")
+    tr.cli("set", "tcp_loose=1")
     assert tr.policy_lines == [
         "ctbpf: policy in.cli0: accept new,established,related; new tcp must be SYN; "
         "else drop (enforce)",
