@@ -565,7 +565,8 @@ def test_live_policy_changes_keep_connections(lab, enforcer):
     assert server_connects(back) == "timeout"
     all_alive("SIGHUP reload")
 
-    # bad policies are refused whole: exit 2, one line, nothing changes
+    # bad policies are refused whole: exit 2, one line, nothing changes (the
+    # policy and mode, that is: the counters move with the held connections)
     running = tr.policy_only()
     bad = [
         (("policy", "set", "cli0", "accept=new,establishd"),
@@ -583,9 +584,15 @@ def test_live_policy_changes_keep_connections(lab, enforcer):
         assert (cp.returncode, cp.stdout, cp.stderr) == (2, "", line + "\n"), argv
         assert tr.policy_only() == running, argv
     # ... also from the config file: the daemon keeps what runs
-    tr.config.write_text(firewall(srv0_extra='accept = ["new", "bogus"]'))
+    tr.config.write_text(firewall().replace('accept = ["established", "related"]',
+                                            'accept = ["established", "bogus"]'))
+    said = len(watch.text)
     tr.proc.send_signal(signal.SIGHUP)
-    watch.wait_for("reload refused")
+    watch.wait_for("unknown state 'bogus'; allowed: new, established, related, invalid, "
+                   "untracked\n")
+    assert watch.text[said:] == (
+        f"ctbpf: reload refused: {tr.config}: [policy.in.srv0].accept: unknown state "
+        f"'bogus'; allowed: new, established, related, invalid, untracked\n")
     assert tr.policy_only() == running
     all_alive("bad policies refused")
 
