@@ -55,13 +55,13 @@ Only IPv4 is measured here: the key is the same 40 bytes for IPv6 and the
 table cost does not depend on the family (bench/datapath.py shows both).
 
 **What it shows.** The warm hit stays flat as the tables grow (about
-100-160 ns net, code-bound: the same flows stay in cache whatever the table
+95-160 ns net, code-bound: the same flows stay in cache whatever the table
 size). The cold hit follows the bare lookup up as the tables outgrow the
 caches (from tens of ns at 1k flows to roughly 400-750 ns at 1M-4M on this
-VM), and the ratio between them falls from about 3x at 1k to 1.1-1.35x
+VM), and the ratio between them falls from about 2.5-3x at 1k to 1.1-1.35x
 at 100k and beyond: cache and TLB misses swamp the ~70-110 ns of fixed work
 (see bench/datapath.py's notes for where it goes). The one-core insert rate
-falls from about 1.4-1.7 million/s at 1k flows to about 0.6-0.85 million/s
+falls from about 1.4-1.7 million/s at 1k flows to about 0.6-0.9 million/s
 at 4M (figures from the full runs made while writing this, on a busy
 shared 2-CPU VM):
 each new flow misses in both tables (cold buckets) before its LRU insert
