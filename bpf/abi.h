@@ -153,6 +153,7 @@ enum ct_cfg {
 	CT_CFG_TCP_MAX_RETRANS = 19,
 	CT_CFG_EVENTS = 20,          /* 1: emit NEW/UPDATE/DESTROY events into ct_events */
 	CT_CFG_POLICIES = 21,        /* elements in ct_policy; 0 spares every packet the lookup */
+	CT_CFG_ACCT = 22,            /* 1: count packets and bytes per flow (nf_conntrack_acct) */
 	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
 	CT_CFG_MAX = 32,
 };
@@ -177,7 +178,7 @@ struct ct_key {
 };
 
 /*
- * One tracked flow. Times are bpf_ktime_get_ns() (CLOCK_MONOTONIC, ns), so an
+ * One tracked flow. Times are ct_now() (CLOCK_MONOTONIC, ns), so an
  * entry's expiry is absolute and survives an agent restart unchanged.
  */
 struct ct_entry {

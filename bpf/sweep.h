@@ -72,7 +72,7 @@ static __always_inline int sweep_batch(void *data, void *data_end)
 	__u32 zero = 0, count;
 	struct ct_counters *st = ct_stats.lookup(&zero);
 	struct ct_config *cfg = ct_config.lookup(&zero);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	int deleted = 0;
 
 	if (!st || !cfg || (void *)(hdr + 1) > data_end)

@@ -57,6 +57,9 @@ TUNABLES: tuple[Tunable, ...] = (
             "accept out-of-window packets (window tracking is not implemented yet)"),
     Tunable("tcp_max_retrans", abi.const("CT_CFG_TCP_MAX_RETRANS"), 3, 0, 255, "count",
             "retransmissions before tcp_timeout_max_retrans applies"),
+    Tunable("acct", abi.const("CT_CFG_ACCT"), 1, 0, 1, "bool",
+            "count packets and bytes per flow, as conntrack -L shows them (0, the kernel's "
+            "default, spares every packet two atomic adds on the shared entry)"),
 )
 
 TUNABLES += (Tunable("events", abi.const("CT_CFG_EVENTS"), 1, 0, 1, "bool",

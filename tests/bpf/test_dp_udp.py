@@ -107,3 +107,19 @@ def test_ports_make_separate_flows_and_both_directions_share_one(tracker):
 def test_udp_without_payload(tracker):
     out = tracker.send(P.frame(P.udp(payload=b"")))
     assert out.state == "new" and tracker.flow().bytes == (28, 0)
+
+
+def test_acct_off_stops_the_per_flow_counters_not_the_tracking(tracker):
+    tracker.set(acct=0)
+    tracker.send(P.frame(P.udp(P.A4, P.B4, 40000, 53)))
+    first = tracker.entry().entry
+    for _ in range(3):
+        tracker.send(P.frame(P.udp(P.B4, P.A4, 53, 40000)))
+        tracker.send(P.frame(P.udp(P.A4, P.B4, 40000, 53)))
+    raw = tracker.entry()
+    assert list(raw.entry.packets) == list(first.packets) == [1, 0]
+    assert list(raw.entry.bytes) == list(first.bytes)
+    assert not raw.flow().unreplied          # the reply was still tracked
+    tracker.set(acct=1)
+    tracker.send(P.frame(P.udp(P.B4, P.A4, 53, 40000)))
+    assert list(tracker.entry().entry.packets) == [1, 1]
