@@ -8,12 +8,13 @@ dropped. What reaches an endpoint is seen by a raw AF_PACKET sniffer on its
 eth0 (tests/integration/enforcepeer.py), so "dropped" means the frame never
 left the router, not that a socket failed to answer.
 
-    test_spec_firewall[4|6]              client opens TCP/UDP/ping, server opens nothing,
+    test_spec_firewall[ipv4|ipv6]        client opens TCP/UDP/ping, server opens nothing,
                                          crafted INVALID and NEW-not-SYN never reach the
                                          server (and do in observe mode), ICMP errors pass
                                          as RELATED; drops create no entry; verdict counters,
                                          ctbpf policy and /metrics agree on every packet;
-                                         --explain is a valid nft ruleset
+                                         --explain is a valid nft ruleset (both runs share
+                                         one lab and tracker)
     test_live_policy_changes_keep_connections
                                          20 + 20 TCP connections keep passing data and stay
                                          listed through observe -> enforce, NEW rules added
@@ -203,7 +204,7 @@ def firewall_tracker(tmp_path_factory):
             cannot(f"BPF unavailable: {reason}")
     metrics = f"127.0.0.1:{30000 + secrets.randbelow(20000)}"
     with _a_lab() as the_lab, _enforcers(the_lab, tmp_path_factory.mktemp("fw")) as start:
-        tr = start(firewall(), extra=("--metrics-addr", metrics))
+        tr = start(firewall(), extra=("--mode", "enforce", "--metrics-addr", metrics))
         tr.metrics = metrics
         yield tr
 
