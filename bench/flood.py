@@ -339,7 +339,7 @@ def one(r: Router, flood: str, port: int, seconds: float, max_packets: int) -> d
             raise RuntimeError("the stream sink does not listen")
         if flood != "none":
             fl = FloodSender(r, "server", flood, r.mac_rs, r.lab.client_ip, max_packets,
-                             seconds + RAMP_S + 10)
+                             seconds + RAMP_S + 30)
             time.sleep(RAMP_S)
         s0 = _ctbpf_packets(r)
         d0 = _dropped(r, s0)
