@@ -15,6 +15,9 @@ left the router, not that a socket failed to answer.
                                          ctbpf policy and /metrics agree on every packet;
                                          --explain is a valid nft ruleset (both runs share
                                          one lab and tracker)
+    test_explained_ruleset_does_the_same_in_the_kernel
+                                         that nft ruleset, loaded in a lab without ctbpf,
+                                         gives the same outcomes with nf_conntrack
     test_live_policy_changes_keep_connections
                                          20 + 20 TCP connections keep passing data and stay
                                          listed through observe -> enforce, NEW rules added
@@ -458,6 +461,35 @@ def test_spec_firewall(firewall_tracker, family):
     assert ping(lab, "server", cip, count=1, wait=2.0)
     assert delta(before, tr.verdicts())[("in.srv0", "new", "would_drop")] == 1
     assert scrape(lab, metrics)[("ctbpf_enforce", ())] == 0
+
+
+def test_explained_ruleset_does_the_same_in_the_kernel(firewall_tracker, lab):
+    """`ctbpf policy --explain` claims to be the same policy for a kernel
+    router with nf_conntrack: loaded with nft into a fresh lab's router (no
+    ctbpf there), the spec's firewall gives the same outcomes as above."""
+    ruleset = firewall_tracker.cli("policy", "--explain").stdout
+    lab.nft("router", ruleset)
+    lab.sysctl("router", net__netfilter__nf_conntrack_tcp_loose=0)
+    tcp, back, probe = free_ports(3)
+    for family in (4, 6):
+        cip, sip = addresses(lab, family)
+        srv = lab.traffic_popen("server", "tcp-server", "--port", tcp, "--family", family,
+                                "--timeout", 10)
+        assert lab.wait_listening("server", tcp)
+        cp = lab.traffic("client", "tcp-client", "--host", sip, "--port", tcp, "--timeout", 5)
+        assert cp.returncode == 0, cp.stderr
+        assert srv.wait(timeout=10) == 0
+        assert ping(lab, "client", sip)
+        s_sniff, c_sniff = sniff(lab, "server"), sniff(lab, "client")
+        assert peer(lab, "server", "connect", "--host", cip, "--port", back,
+                    "--timeout", 1.0) == {"result": "timeout"}
+        assert not ping(lab, "server", cip, wait=0.5)
+        peer(lab, "client", "craft", "--src", cip, "--dst", sip,
+             f"43001:{probe}:SF", f"43002:{probe}:R", f"43003:{probe}:A")
+        time.sleep(0.3)
+        assert frames_between(c_sniff.stop()["frames"], sip, cip, "in") == []
+        assert [f for f in frames_between(s_sniff.stop()["frames"], cip, sip, "in")
+                if f["proto"] == 6 and f["dport"] == probe] == []
 
 
 # --------------------------------------------------------------------------
