@@ -289,7 +289,7 @@ struct ct_counters {
  * that are not IP always pass. Without CT_POL_ENFORCE the verdict is only
  * counted (CT_VERDICT_WOULD_DROP), never applied.
  */
-#define CT_POLICY_RULES 16
+#define CT_POLICY_RULES 8
 #define CT_POLICY_SLOTS 64
 
 enum ct_hook {
@@ -327,7 +327,8 @@ struct ct_new_rule {
 	__u16 dport_hi;
 	__u8 family;   /* CT_FAMILY_*, 0: both */
 	__u8 proto;    /* IPPROTO_*, 0: any */
-	__u8 pad[2];
+	__u8 family_mask;   /* 0xFF when family is given, else 0 */
+	__u8 proto_mask;    /* 0xFF when proto is given, else 0 */
 };
 
 struct ct_policy {

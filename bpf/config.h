@@ -25,6 +25,13 @@
 
 /* Bytes of the event ring buffer (a power of two, pages). At about 120 bytes
  * an event, 1 MiB holds some 8,000 events between two reads. */
+/* Fragmented datagrams whose first fragment's verdict the later ones
+ * follow (enforce mode): an LRU, so a flood of fragments only pushes out
+ * other fragments' verdicts. */
+#ifndef CT_FRAG_ENTRIES
+#define CT_FRAG_ENTRIES 8192
+#endif
+
 #ifndef CT_EVENTS_BYTES
 #define CT_EVENTS_BYTES (1 << 20)
 #endif

@@ -378,8 +378,18 @@ static __always_inline int ct_process(void *data, void *data_end, __u32 ifindex,
 	if (cfg && cfg->value[CT_CFG_POLICIES])
 		vc.pol = ct_policy.lookup(&pk);
 	int state = ct_state(data, data_end, &pkt, &vc);
-	int verdict = vc.verdict == CT_VERDICT_DROP ? CT_VERDICT_DROP :
-		      ct_verdict(vc.pol, state, &pkt);
+	int verdict;
+
+	/* Every NEW packet was judged (ct_refuse) before its entry was made or
+	 * touched; asking again would only give the verifier another copy of
+	 * the rules to walk on every path. */
+	if (state == CT_PKT_NEW || vc.verdict == CT_VERDICT_DROP)
+		verdict = vc.verdict < 0 ? CT_VERDICT_ACCEPT : vc.verdict;
+	else
+		verdict = ct_verdict(vc.pol, state, &pkt);
+
+	if (vc.pol && pkt.frag_off)
+		verdict = ct_frag_verdict(&pkt, verdict);
 
 	ct_count_verdict(vc.pol, state, verdict);
 	if (verdict == CT_VERDICT_DROP) {

@@ -30,6 +30,19 @@ BPF_TABLE_PINNED("hash", struct ct_policy_key, struct ct_policy, ct_policy,
 BPF_TABLE_PINNED("percpu_array", __u32, struct ct_verdict_counts, ct_verdicts, 1,
 		 CT_PIN_DIR "/ct_verdicts");
 
+/* Enforce mode, fragments: a later fragment has no L4 header and no flow,
+ * so it gets the verdict its datagram's first fragment got. Not pinned: a
+ * few seconds of datagrams, nothing a restart must keep. */
+struct ct_frag_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 id;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+BPF_TABLE("lru_hash", struct ct_frag_key, __u32, ct_frags, CT_FRAG_ENTRIES);
+
 /* NEW / UPDATE / DESTROY events (struct ct_event) for the agent, which
  * relays them to `ctbpf events`. BCC's BPF_RINGBUF_OUTPUT cannot pin, so the
  * table is spelled out as that macro does, with a pinned section name. */

@@ -38,6 +38,16 @@
 #define TCPF_CWR 0x80
 
 /* What kind of packet the parser found. */
+/* Where a packet sits in a fragmented datagram. */
+enum ct_frag {
+	CT_FRAG_NONE = 0,
+	CT_FRAG_FIRST = 1,   /* offset 0, more to come: it carries the L4 header */
+	CT_FRAG_LATER = 2,   /* no L4 header: untracked, judged as its first fragment was */
+};
+
+#define IP6_OFFSET_BE 0xF8FF /* htons(0xFFF8): IPv6 fragment offset */
+#define IP6_MF_BE     0x0100 /* htons(0x0001): more fragments */
+
 enum ct_pkt_kind {
 	CT_KIND_FLOW = 0,       /* tracked by its tuple */
 	CT_KIND_ICMP_ERROR = 1, /* ICMP/ICMPv6 error: related to the embedded flow or invalid */
@@ -72,6 +82,12 @@ struct ct_pkt {
 	__u8 kind;             /* enum ct_pkt_kind */
 	__u8 reason;           /* enum ct_invalid_reason when kind is INVALID */
 	__u8 icmp_reply;       /* ICMP query: the packet is a reply type */
+	/* Fragments, raw from the header (IPv4 frag_off, or the IPv6 fragment
+	 * header's), 0 for a whole datagram; read by ct_frag_of(). Kept raw on
+	 * purpose: a constant here would split the verifier's states all
+	 * through the tracker. */
+	__u16 frag_off;
+	__u32 frag_id;
 };
 
 struct ct_cursor {
@@ -150,6 +166,8 @@ static __always_inline int parse_ipv4(struct ct_cursor *c, struct ct_pkt *pkt)
 	/* No reassembly happens before XDP: a fragment other than the first
 	 * carries no L4 header and cannot be tied to a flow. The first fragment
 	 * is tracked by the L4 header it carries. */
+	pkt->frag_off = iph->frag_off;
+	pkt->frag_id = iph->id;
 	if (iph->frag_off & IP_OFFSET_BE)
 		pkt->kind = CT_KIND_UNTRACKED;
 	else if (iph->frag_off & IP_MF_BE)
@@ -209,6 +227,8 @@ static __always_inline int parse_ipv6(struct ct_cursor *c, struct ct_pkt *pkt)
 			if ((void *)(fh + 1) > c->end || (void *)(fh + 1) > c->l3_end)
 				return parse_fail(pkt, CT_INV_IP6_EXTHDR);
 			/* Same rule as IPv4: only the first fragment has the L4 header. */
+			pkt->frag_id = fh->identification;
+			pkt->frag_off = fh->frag_off;
 			if (fh->frag_off & bpf_htons(0xFFF8)) {
 				pkt->t.proto = fh->nexthdr;
 				pkt->kind = CT_KIND_UNTRACKED;
@@ -436,6 +456,22 @@ static __always_inline int parse_icmp(struct ct_cursor *c, struct ct_pkt *pkt, i
 		return parse_fail(pkt, CT_INV_ICMP_TYPE);
 	pkt->icmp_reply = ret;
 	return 0;
+}
+
+/* enum ct_frag of a parsed packet. An IPv6 atomic fragment (offset 0, no
+ * more to come) is a whole datagram. */
+static __always_inline int ct_frag_of(const struct ct_pkt *pkt)
+{
+	__u16 off = pkt->frag_off;
+
+	if (pkt->t.family == CT_FAMILY_IPV4) {
+		if (off & IP_OFFSET_BE)
+			return CT_FRAG_LATER;
+		return (off & IP_MF_BE) ? CT_FRAG_FIRST : CT_FRAG_NONE;
+	}
+	if (off & IP6_OFFSET_BE)
+		return CT_FRAG_LATER;
+	return (off & IP6_MF_BE) ? CT_FRAG_FIRST : CT_FRAG_NONE;
 }
 
 /**

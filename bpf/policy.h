@@ -17,30 +17,27 @@ struct ct_vctx {
 	int verdict;
 };
 
-static __always_inline int pol_addr_match(const __u32 *addr, const __u32 *net,
-					  const __u32 *mask)
+/* Branch-free on purpose: the verifier walks this once per rule on every
+ * path that may ask for a NEW verdict, and each branch would double it. */
+static __always_inline __u32 pol_addr_diff(const __u32 *addr, const __u32 *net,
+					   const __u32 *mask)
 {
-	return ((addr[0] ^ net[0]) & mask[0]) == 0 && ((addr[1] ^ net[1]) & mask[1]) == 0 &&
-	       ((addr[2] ^ net[2]) & mask[2]) == 0 && ((addr[3] ^ net[3]) & mask[3]) == 0;
+	return ((addr[0] ^ net[0]) & mask[0]) | ((addr[1] ^ net[1]) & mask[1]) |
+	       ((addr[2] ^ net[2]) & mask[2]) | ((addr[3] ^ net[3]) & mask[3]);
 }
 
 static __always_inline int pol_rule_match(const struct ct_new_rule *r, const struct ct_pkt *pkt)
 {
-	__u16 dport;
+	__u16 dport = bpf_ntohs(pkt->t.dport);
+	__u32 diff = pol_addr_diff(pkt->t.saddr, r->src, r->src_mask) |
+		     pol_addr_diff(pkt->t.daddr, r->dst, r->dst_mask);
 
-	if (r->family && r->family != pkt->t.family)
-		return 0;
-	if (r->proto && r->proto != pkt->t.proto)
-		return 0;
-	if (r->dport_lo || r->dport_hi != 0xFFFF) {
-		if (pkt->t.proto != IPPROTO_TCP && pkt->t.proto != IPPROTO_UDP)
-			return 0;
-		dport = bpf_ntohs(pkt->t.dport);
-		if (dport < r->dport_lo || dport > r->dport_hi)
-			return 0;
-	}
-	return pol_addr_match(pkt->t.saddr, r->src, r->src_mask) &&
-	       pol_addr_match(pkt->t.daddr, r->dst, r->dst_mask);
+	/* A zero family or protocol matches any (its mask is zero); a port
+	 * range only exists on tcp/udp rules, whose protocol must match. */
+	diff |= (r->family ^ pkt->t.family) & r->family_mask;
+	diff |= (r->proto ^ pkt->t.proto) & r->proto_mask;
+	diff |= (__u16)(dport - r->dport_lo) > (__u16)(r->dport_hi - r->dport_lo);
+	return diff == 0;
 }
 
 /* The spec's "NEW not SYN": a TCP packet starting a flow must be a bare SYN. */
@@ -92,6 +89,40 @@ static __always_inline int ct_refuse(struct ct_vctx *vc, int state, const struct
 		return 0;
 	vc->verdict = v;
 	return v == CT_VERDICT_DROP;
+}
+
+static __always_inline void ct_frag_key(const struct ct_pkt *pkt, struct ct_frag_key *k)
+{
+	__builtin_memcpy(k->saddr, pkt->t.saddr, sizeof(k->saddr));
+	__builtin_memcpy(k->daddr, pkt->t.daddr, sizeof(k->daddr));
+	k->id = pkt->frag_id;
+	k->proto = pkt->t.proto;
+	k->family = pkt->t.family;
+	k->pad = 0;
+}
+
+/**
+ * ct_frag_verdict - the verdict of a fragment, given `verdict` for its own
+ * state: a first fragment's is remembered for its datagram, a later one
+ * takes what its first fragment got (the kernel judges the reassembled
+ * datagram once). A later fragment whose first one was not seen (lost, or
+ * out of order) is judged as untracked.
+ */
+static __always_inline int ct_frag_verdict(const struct ct_pkt *pkt, int verdict)
+{
+	struct ct_frag_key k = {};
+	__u32 v = verdict, *seen;
+	int frag = ct_frag_of(pkt);
+
+	if (frag == CT_FRAG_NONE)
+		return verdict;
+	ct_frag_key(pkt, &k);
+	if (frag == CT_FRAG_FIRST) {
+		ct_frags.update(&k, &v);
+		return verdict;
+	}
+	seen = ct_frags.lookup(&k);
+	return (seen && *seen < CT_VERDICT_MAX) ? *seen : verdict;
 }
 
 static __always_inline void ct_count_verdict(const struct ct_policy *pol, int state, int verdict)

@@ -345,6 +345,8 @@ def encode(p: InterfacePolicy, mode: str, slot: int) -> abi.CtPolicy:
     for i, r in enumerate(p.new):
         rule = v.rules[i]
         rule.family, rule.proto = r.family, r.proto
+        rule.family_mask = 0xFF if r.family else 0
+        rule.proto_mask = 0xFF if r.proto else 0
         rule.dport_lo, rule.dport_hi = r.dport_lo, r.dport_hi
         _addr_words(r.src, rule.src, rule.src_mask)
         _addr_words(r.dst, rule.dst, rule.dst_mask)

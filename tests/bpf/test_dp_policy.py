@@ -151,3 +151,47 @@ def test_the_map_round_trips_the_policy(tracker, lo_policy):
     lo_policy(**SPEC)
     (got,), = [policy.read(tracker.pin_dir)[0].policies]
     assert got == _pol(**SPEC)
+
+
+def _fragments(l3, size):
+    from scapy.layers.inet import fragment
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+
+    if l3.version == 4:
+        return [P.frame(f) for f in fragment(l3, fragsize=size)]
+    pkt = IPv6(src=l3.src, dst=l3.dst) / IPv6ExtHdrFragment(id=0x1234) / l3.payload
+    return [P.frame(f) for f in fragment6(pkt, size + 48)]
+
+
+@pytest.mark.parametrize("src, dst", [(P.A4, P.B4), (P.A6, P.B6)], ids=["ipv4", "ipv6"])
+def test_later_fragments_follow_their_first_fragments_verdict(tracker, lo_policy, src, dst):
+    from scapy.packet import Raw
+    lo_policy(accept=["established", "related"], new=["udp/53"])
+    allowed = _fragments(P.udp(src, dst, 5000, 53) / Raw(bytes(1500)), 512)
+    refused = _fragments(P.udp(src, dst, 5001, 54) / Raw(bytes(1500)), 512)
+    assert len(allowed) >= 3 and len(refused) >= 3
+    assert [arrive(tracker, f) for f in allowed] == [XDP_PASS] * len(allowed)
+    assert [arrive(tracker, f) for f in refused] == [XDP_DROP] * len(refused)
+    # A later fragment whose first one never came is judged as untracked: dropped.
+    stray = _fragments(P.udp(src, dst, 5002, 53) / Raw(bytes(1500)), 512)[1:]
+    if src == P.A4:
+        stray = [_with_ip_id(f, 777) for f in stray]
+    else:
+        stray = [_with_ip6_frag_id(f, 777) for f in stray]
+    assert [arrive(tracker, f) for f in stray] == [XDP_DROP] * len(stray)
+    assert len(tracker.entries()) == 1          # the allowed datagram's flow
+    got = verdicts(tracker)
+    assert got[("untracked", "accept")] == len(allowed) - 1
+    assert got[("untracked", "drop")] == len(refused) - 1 + len(stray)
+
+
+def _with_ip_id(frm: bytes, ip_id: int) -> bytes:
+    b = bytearray(frm)
+    b[14 + 4:14 + 6] = ip_id.to_bytes(2, "big")
+    return bytes(b)
+
+
+def _with_ip6_frag_id(frm: bytes, frag_id: int) -> bytes:
+    b = bytearray(frm)
+    b[14 + 40 + 4:14 + 40 + 8] = frag_id.to_bytes(4, "big")
+    return bytes(b)
