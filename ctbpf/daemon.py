@@ -165,7 +165,8 @@ def run(args) -> int:
             daemon.datapath = dp
             # The policy is in force before the first packet is judged.
             for line in config.apply_policy(pin_dir, cfg, cli_mode):
-                print(f"ctbpf: {line}", flush=True)
+                # stderr: stdout's first line is the ready line scripts wait for.
+                print(f"ctbpf: {line}", file=sys.stderr, flush=True)
             modes = []
             for name in args.iface:
                 modes.append(f"{name} ({dp.attach_xdp(name, args.xdp_mode)})")
