@@ -211,7 +211,7 @@ enum ct_destroy_reason {
 
 /* One record of the ct_events ring buffer. */
 struct ct_event {
-	__u64 timestamp_ns;  /* bpf_ktime_get_ns() */
+	__u64 timestamp_ns;  /* ct_now(), the clock of expires_ns */
 	struct ct_key key;
 	struct ct_entry entry;
 	__u8 type;           /* enum ct_event_type */

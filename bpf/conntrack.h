@@ -22,6 +22,14 @@ static __always_inline int ct_invalid(struct ct_counters *st, __u8 reason)
 	return CT_PKT_INVALID;
 }
 
+/* The clock of every timeout: CLOCK_MONOTONIC at tick precision. Timeouts
+ * are whole seconds, and the coarse read costs a fraction of the precise
+ * one (which a VM pays for with a paravirtual clock read per packet). */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 /**
  * ct_emit - report an event on a flow, when events are on. A full ring
  * buffer loses the event (counted), never the packet.
@@ -39,21 +47,13 @@ static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_count
 		ct_count(st, CT_STAT_EVENT_LOST);
 		return;
 	}
-	ev->timestamp_ns = bpf_ktime_get_ns();
+	ev->timestamp_ns = ct_now();   /* the clock of expires_ns: timeouts shown whole */
 	__builtin_memcpy(&ev->key, key, sizeof(*key));
 	__builtin_memcpy(&ev->entry, e, sizeof(*e));
 	ev->type = type;
 	ev->reason = reason;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	ct_events.ringbuf_submit(ev, 0);
-}
-
-/* The clock of every timeout: CLOCK_MONOTONIC at tick precision. Timeouts
- * are whole seconds, and the coarse read costs a fraction of the precise
- * one (which a VM pays for with a paravirtual clock read per packet). */
-static __always_inline __u64 ct_now(void)
-{
-	return bpf_ktime_get_coarse_ns();
 }
 
 /**
