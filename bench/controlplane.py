@@ -88,17 +88,18 @@ reads and counts shows where the time goes.
 **Targets missed, and what would close them.**
 
 - *List at least 3x faster than `conntrack -L`.* `conntrack -L` costs about
-  4-5 us per flow here (a netlink dump and C formatting). `ctbpf list` was
-  cut from about 40 us to a few us per flow by decoding the raw batch
+  3-5 us per flow here (a netlink dump and C formatting). `ctbpf list` was
+  cut from about 40-50 us to about 12 us per flow by decoding the raw batch
   buffers with `struct` and cached address strings (no `ipaddress`, no
   ctypes object per entry, the garbage collector paused while a million
   records are made) and by writing JSON from a template in pieces
-  (byte-identical to `json.dumps`); what is left is the interpreter's cost
-  of one Python object and one formatted string per flow, about the same as
-  the whole of `conntrack -L`. 3x faster means about 1.5 us per flow, which
-  needs the per-flow formatting out of the interpreter: a small compiled
+  (byte-identical to `json.dumps`). What is left, per flow: about 3 us to
+  decode, 4-5 us to sort (`conntrack -L` prints in hash order and does not
+  sort at all) and 4 us to format, all interpreter costs of one Python
+  object and one string per flow. 3x faster means about 1 us per flow,
+  which needs the per-flow work out of the interpreter: a small compiled
   formatter (a C extension, or numpy-vectorised text assembly over the raw
-  buffers) fed straight from `BPF_MAP_LOOKUP_BATCH`.
+  buffers) fed straight from `BPF_MAP_LOOKUP_BATCH`, and an unsorted mode.
 - *Scrape at most 0.5 s at a million entries.* A scrape reads both tables
   (`BPF_MAP_LOOKUP_BATCH` costs about 350 ns per entry on this VM: 0.35-0.6 s
   per million) to count entries per protocol and TCP state; the counting
