@@ -62,7 +62,8 @@ Every figure is the median of the runs (min and max in brackets).
   rate: ctbpf's own drop counter (`CT_STAT_DROP` in ct_stats, i.e.
   `ctbpf_dropped_packets_total`); the raw data also keeps `ctbpf policy -o
   json` (verdicts per interface and state) after each run's ACK flood.
-  XDP attach mode `auto`, which on veth is native XDP.
+  XDP attach mode native (`ctbpf-enforce`) or generic (`ctbpf-enforce-generic`,
+  what `--xdp-mode auto` now picks on veth, after these figures).
 - `ctbpf-enforce-generic`: the same policy with `--xdp-mode generic`.
 
 **The flood's sender.** trafgen (used before) exits when its TX ring
@@ -117,7 +118,8 @@ CONFIGS = ("nf_conntrack", "ctbpf", "ctbpf-enforce", "ctbpf-enforce-generic")
 #: there (`--flood-configs` brings it back).
 DEFAULT_CONFIGS = ("nf_conntrack", "ctbpf-enforce", "ctbpf-enforce-generic")
 #: XDP attach mode of each enforce configuration.
-ENFORCE_XDP = {"ctbpf-enforce": "auto", "ctbpf-enforce-generic": "generic"}
+#: (`--xdp-mode auto`, the product's default, is generic on veth: the second.)
+ENFORCE_XDP = {"ctbpf-enforce": "native", "ctbpf-enforce-generic": "generic"}
 RAMP_S = 0.3
 #: qdisc of the flooding end's eth0 (see NOTES, "The flood's sender").
 SENDER_QDISC = ""

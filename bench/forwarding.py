@@ -54,14 +54,15 @@ CPU time tracking adds to each packet, which is the cleaner comparison.
 - `nf_conntrack`: an `inet` forward chain `ct state established,related
   accept; ct state new accept; ct state invalid drop`.
 - `ctbpf`: `ctbpf run --iface cli0 --iface srv0 --xdp-mode auto` (the
-  product's default: native XDP on veth), the sweeper and the event relay
+  product's default: generic XDP on veth), the sweeper and the event relay
   running as in production, no nftables ruleset (kernel tracking off).
 - `xdp_pass` (the two target cells only, to keep the run short): an empty XDP
-  program returning XDP_PASS, attached natively to the same two
-  interfaces (`bench/traffic/xdp_pass.py`). It prices the XDP hook itself
-  on veth: to run XDP, veth turns every skb into an XDP buffer with 256
-  bytes of headroom, which for frames from a packet socket or the stack
-  means a copy, before ctbpf does anything.
+  program returning XDP_PASS, attached in the same mode as ctbpf (generic
+  on veth) to the same two interfaces (`bench/traffic/xdp_pass.py`). It
+  prices the XDP hook itself. (Native XDP on veth, which `auto` picked
+  before these figures, costs more: veth turns every skb into an XDP
+  buffer with 256 bytes of headroom, a copy for frames from a packet socket
+  or the stack, and turns GSO/GRO off for the link.)
 
 When the router's input ring is full with XDP attached, veth stops the
 sender's queue and trafgen exits on EAGAIN; it is restarted at once
@@ -133,7 +134,7 @@ FLOW_SPECS = {          # name -> (number of flows, source ports, destination po
 }
 CONFIGS = ("none", "nf_conntrack", "ctbpf", "xdp_pass")
 XDP_PASS_CELLS = ("tcp/100k", "tcp/new")
-XDP_PASS_MODE = "native"   # what `--xdp-mode auto` gets on veth (ready_line in the result)
+XDP_PASS_MODE = "generic"  # what `--xdp-mode auto` gets on veth (ready_line in the result)
 NFT_TRACK = """table inet ctbench {
  chain forward {
   type filter hook forward priority 0; policy accept;

@@ -12,7 +12,9 @@ def add_arguments(p) -> None:
     add_pin_dir(p)
     p.add_argument("--egress", action="store_true",
                    help="also track what this host sends (TC egress on the same interfaces)")
-    p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto")
+    p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
+                   help="auto (default): native XDP on NICs, generic on veth (native XDP "
+                        "on veth turns GSO/GRO off for the link), falling back to the other")
     p.add_argument("--max", type=int, default=None, metavar="N",
                    help="conntrack_max: entries per table (default: the config file's max, "
                         "else 8 x its buckets, else 65536)")
