@@ -189,6 +189,10 @@ def run(args) -> int:
                     (daemon.run_dir / "daemon.json").unlink()
                 except OSError:
                     pass
+                try:
+                    daemon.run_dir.rmdir()   # only when nothing else is left in it
+                except OSError:
+                    pass
                 if getattr(args, "keep_attached", False):
                     kept = dp.release()   # programs stay attached, maps pinned
             log.info("%s: %s", daemon.status.get("stopped_by", "stop"),

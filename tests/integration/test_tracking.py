@@ -906,6 +906,7 @@ def test_demo(need_bpf):
     assert "ct state { established, related } accept" in out
     assert not {f"{prefix}-{r}" for r in ("cli", "rtr", "srv")} & set(list_namespaces())
     assert not Path(f"/sys/fs/bpf/ctbpf@{prefix}-rtr").exists()
+    assert not Path(f"/run/ctbpf/{prefix}-rtr").exists()     # the daemon's status dir
 
 
 def test_demo_failure_is_one_line_and_cleans_up(need_bpf, monkeypatch, capsys):
