@@ -17,6 +17,7 @@ from raw buffers, see occupancy.py). Names mirror node_exporter's
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -27,6 +28,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from . import __version__, abi, occupancy, stats
 from .errors import UsageError
 from .table import PROTO_NAMES
+
+log = logging.getLogger(__name__)
 
 _STAT = {name: value for value, name in abi.STAT_NAMES.items()}
 
@@ -50,9 +53,28 @@ class TrackerCollector:
     def describe(self):
         return []  # collected lazily: no map read at registration
 
+    _iter = None   # occupancy_iter.IterCounter, False once it failed to load
+
+    def _occupancy(self):
+        """Counted in the kernel when the iterator loads, else from batch reads."""
+        if self._iter is None:
+            try:
+                from .occupancy_iter import IterCounter  # noqa: PLC0415
+                self._iter = IterCounter()
+            except Exception as e:  # noqa: BLE001 - any load failure: the batch path
+                log.warning("occupancy iterator unavailable (%s): scrapes read the tables",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                self._iter = False
+        if self._iter:
+            try:
+                return self._iter.count(self.pin_dir)
+            except OSError as e:
+                log.warning("occupancy iterator failed (%s): reading the tables", e)
+        return occupancy.occupancy(self.pin_dir)
+
     def collect(self):
         counters = stats.read_counters(self.pin_dir)
-        occ, self._present = occupancy.occupancy(self.pin_dir)
+        occ, self._present = self._occupancy()
         yield from self._entries(occ)
         yield from self._packets(counters)
         yield from self._stats(counters, occ)
