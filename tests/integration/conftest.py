@@ -412,3 +412,26 @@ def run_ctbpf(lab):
             **kwargs) -> subprocess.CompletedProcess:
         return run_in(lab, ns, [*CTBPF, *args], timeout=timeout, **kwargs)
     return run
+
+
+class StderrWatch:
+    """Reads a running tracker's stderr without blocking (bounded waits)."""
+
+    def __init__(self, tracker: "Tracker") -> None:
+        self.fd = tracker.proc.stderr.fileno()
+        self.text = ""
+
+    def wait_for(self, needle: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"tracker stderr never said {needle!r} within "
+                                     f"{timeout:g}s; it said: {self.text!r}")
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"tracker closed stderr; it said: {self.text!r}")
+                self.text += chunk.decode(errors="replace")
+        return self.text

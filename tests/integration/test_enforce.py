@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import secrets
 import select
@@ -41,8 +40,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (READY_TIMEOUT, REPO, Tracker, TrackerError, _a_lab, bpf_unavailable,
-                      cannot, lab_unavailable, new_pin_dir, remove_pin_dir)
+from conftest import (REPO, StderrWatch, Tracker, _a_lab, bpf_unavailable, cannot,
+                      lab_unavailable, new_pin_dir, remove_pin_dir)
 from ctbpf.lab import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -78,40 +77,11 @@ def firewall(mode: str = "enforce", srv0_extra: str = "") -> str:
 
 
 # --------------------------------------------------------------------------
-# the tracker: `ctbpf run --config FILE` prints one line per policy it puts
-# in force before its ready line
+# the tracker, and what it says of its policy
 
 
 class EnforceTracker(Tracker):
-    """A Tracker whose `ctbpf run` may print `ctbpf: policy ...` lines
-    (kept in policy_lines) before the ready line."""
-
-    def start(self, timeout: float = READY_TIMEOUT) -> "EnforceTracker":
-        self.policy_lines: list[str] = []
-        self.proc = self.lab.popen(self.ns, self.argv, env=Lab.traffic_env(), cwd=REPO)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                raise TrackerError(f"ctbpf run gave no ready line within {timeout:g}s")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.5))
-            if ready:
-                line = self.proc.stdout.readline().rstrip("\n")
-                if line.startswith("ctbpf: policy "):
-                    self.policy_lines.append(line)
-                    continue
-                if line:
-                    self.ready_line = line
-                    break
-            if self.proc.poll() is not None:
-                self._collect()
-                raise TrackerError(f"ctbpf run exited with {self.returncode} before it was "
-                                   f"ready: {self.stderr.strip()[-800:]}")
-        if not self.ready_line.startswith("ctbpf: tracking on "):
-            self.kill()
-            raise TrackerError(f"unexpected line from ctbpf run: {self.ready_line!r}")
-        return self
+    """A Tracker with the policy's view: `ctbpf policy -o json`."""
 
     # -- policy and counters ---------------------------------------------
 
@@ -135,29 +105,6 @@ def delta(before: dict, after: dict) -> dict:
     keys = set(before) | set(after)
     return {k: after.get(k, 0) - before.get(k, 0) for k in keys
             if after.get(k, 0) != before.get(k, 0) and k[1:] != ("untracked", "accept")}
-
-
-class StderrWatch:
-    """Reads a running tracker's stderr without blocking (bounded waits)."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self.fd = tracker.proc.stderr.fileno()
-        self.text = ""
-
-    def wait_for(self, needle: str, timeout: float = 8.0) -> str:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"tracker stderr never said {needle!r} within "
-                                     f"{timeout:g}s; it said: {self.text!r}")
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-            if ready:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    raise AssertionError(f"tracker closed stderr; it said: {self.text!r}")
-                self.text += chunk.decode(errors="replace")
-        return self.text
 
 
 @contextlib.contextmanager
@@ -314,8 +261,8 @@ def test_spec_firewall(firewall_tracker, family):
     # What the other family's run may have left: observe mode, tcp_loose=0.
     tr.cli("policy", "set", "--mode", "enforce")
     tr.cli("set", "tcp_loose=1")
-    # The policy lines go to stderr: stdout's first line is the ready line.
-    assert tr.policy_lines == []
+    # The policy lines go to stderr: Tracker.start took stdout's first line
+    # as the ready line, and refuses anything else there.
     assert tr.ready_line.startswith("ctbpf: tracking on ")
     assert tr.policy_only() == {"mode": "enforce", "policies": [CLI0, SRV0]}
     tcp, udp, closed, back_tcp, back_udp, probe = free_ports(6)
@@ -588,9 +535,9 @@ def test_live_policy_changes_keep_connections(lab, enforcer):
     # SIGHUP: the edited file lets the server ping (and only ping)
     tr.config.write_text(firewall(srv0_extra='new = ["icmp", "ipv6-icmp"]'))
     tr.proc.send_signal(signal.SIGHUP)
-    watch.wait_for("reload ")
+    watch.wait_for("reload ", timeout=8.0)
     watch.wait_for("policy in.srv0: accept new,established,related; new only icmp, "
-                   "ipv6-icmp; else drop (enforce)")
+                   "ipv6-icmp; else drop (enforce)", timeout=8.0)
     srv0 = dict(SRV0, accept=["new", "established", "related"], new=["icmp", "ipv6-icmp"])
     assert tr.policy_only() == {"mode": "enforce", "policies": [CLI0, srv0]}
     assert ping(lab, "server", lab.client_ip) and ping(lab, "server", lab.client_ip6)
@@ -620,7 +567,7 @@ def test_live_policy_changes_keep_connections(lab, enforcer):
                                             'accept = ["established", "bogus"]'))
     tr.proc.send_signal(signal.SIGHUP)
     watch.wait_for("unknown state 'bogus'; allowed: new, established, related, invalid, "
-                   "untracked\n")
+                   "untracked\n", timeout=8.0)
     refused = [line for line in watch.text.splitlines() if "refused" in line]
     assert refused == [f"ctbpf: reload refused: {tr.config}: [policy.in.srv0].accept: unknown "
                        f"state 'bogus'; allowed: new, established, related, invalid, "

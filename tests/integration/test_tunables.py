@@ -8,7 +8,6 @@ fixtures), so tunables changed here never leak into another test.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import select
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import READY_TIMEOUT, cannot, xdp_attached
+from conftest import READY_TIMEOUT, StderrWatch, cannot, xdp_attached
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -155,29 +154,6 @@ def wait_value(tracker, name: str, want: int, timeout: float = 5.0) -> dict:
             break
         time.sleep(0.1)
     raise AssertionError(f"{name} never became {want} within {timeout:g}s: {got and got[name]}")
-
-
-class StderrWatch:
-    """Reads a running tracker's stderr without blocking (bounded waits)."""
-
-    def __init__(self, tracker) -> None:
-        self.fd = tracker.proc.stderr.fileno()
-        self.text = ""
-
-    def wait_for(self, needle: str, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"tracker stderr never said {needle!r} within "
-                                     f"{timeout:g}s; it said: {self.text!r}")
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.5))
-            if ready:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    raise AssertionError(f"tracker closed stderr; it said: {self.text!r}")
-                self.text += chunk.decode(errors="replace")
-        return self.text
 
 
 def write_file(path: Path, text: str) -> Path:
