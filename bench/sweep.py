@@ -38,8 +38,8 @@ from array import array
 from pathlib import Path
 from types import SimpleNamespace
 
-from ctbpf import abi, bpfsys, stats, tunables
-from ctbpf.loader import Datapath, read_config, remove_pins, write_config
+from ctbpf import abi, bpfsys, config, stats, tunables
+from ctbpf.loader import Datapath, remove_pins
 from ctbpf.sweeper import (DEFAULT_SLICE_ENTRIES, DEFAULT_SLICE_KEYS, DEFAULT_WALK_INTERVAL,
                            ENTRY_SIZE, EXPIRES_OFFSET, KEY_SIZE, TABLES, Sweeper, expired_keys)
 
@@ -251,9 +251,7 @@ class _Bench:
                 "seed_wall_s": round(seed_s, 3), "seed_cpu_s": round(seed_cpu, 3)}
 
     def set_udp_timeout(self, seconds: int) -> None:
-        values = tunables.from_config(read_config(self.pin_dir))
-        values["udp_timeout"] = seconds
-        write_config(self.pin_dir, values)
+        config.write_values(self.pin_dir, {"udp_timeout": seconds})
 
     def make_expiring(self) -> dict:
         """Create self.expired flows through the datapath with udp_timeout=1,

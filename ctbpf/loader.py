@@ -246,21 +246,10 @@ def read_config(pin_dir: Path):
     return cfg
 
 
-#: ct_config slots that are not tunables but state other writers keep there.
-_KEPT_SLOTS = (abi.const("CT_CFG_POLICIES"),)
-
-
 def write_config(pin_dir: Path, values: dict[str, int]) -> None:
-    """Write the tunables; the slots of _KEPT_SLOTS keep their value."""
-    cfg = tunables.to_config(values)
-    try:
-        current = read_config(pin_dir)
-    except OSError:
-        current = None
-    if current is not None:
-        for slot in _KEPT_SLOTS:
-            cfg.value[slot] = current.value[slot]
-    write_raw_config(pin_dir, cfg)
+    """Write every tunable; the slots that are not tunables (the policy
+    count, for one) keep what is there."""
+    write_raw_config(pin_dir, tunables.to_config(values, base=read_config(pin_dir)))
 
 
 def write_raw_config(pin_dir: Path, cfg) -> None:

@@ -95,9 +95,10 @@ def defaults() -> dict[str, int]:
     return {t.name: t.default for t in TUNABLES}
 
 
-def to_config(values: dict[str, int]):
-    """A ct_config value holding these tunables and the layout version."""
-    cfg = abi.CtConfig()
+def to_config(values: dict[str, int], base=None):
+    """A ct_config value holding these tunables and the layout version; the
+    other slots (state kept there by other writers) come from `base`."""
+    cfg = abi.CtConfig.from_buffer_copy(base) if base is not None else abi.CtConfig()
     cfg.value[abi.const("CT_CFG_TCP_TIMEOUT_NONE")] = NONE_TIMEOUT
     for t in TUNABLES:
         cfg.value[t.slot] = values.get(t.name, t.default)

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ctbpf import abi, bpfsys, stats, table, tunables
+from ctbpf import abi, bpfsys, config, stats, table, tunables
 from ctbpf.loader import read_config, write_config
 from ctbpf.sweeper import KEY_SIZE, Sweeper
 
@@ -258,9 +258,7 @@ def _send(dp, sports) -> None:
 
 
 def _set(pin_dir, **values) -> None:
-    current = tunables.from_config(read_config(pin_dir))
-    current.update(values)
-    write_config(pin_dir, current)
+    config.write_values(pin_dir, values)
 
 
 def _udp_sports(pin_dir) -> set[int]:
