@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import platform
 import random
 import secrets
 import struct
@@ -34,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctbpf import abi, bpfsys, stats, tunables
-from ctbpf.loader import Datapath, read_config, remove_pins, write_config
+from ctbpf import abi, bpfsys, config, stats
+from ctbpf.loader import Datapath, remove_pins
 from ctbpf.paths import BPF_DIR
 
 from . import common
@@ -205,19 +204,6 @@ def add_arguments(g) -> None:
 # BPF_PROG_TEST_RUN without per-call allocations
 
 
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
-                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
-                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
-                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
-                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
-                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
-                ("batch_size", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
-
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}
-BPF_PROG_TEST_RUN = 10
 XDP_PASS = 2
 CLONE_NEWNET = 0x40000000
 
@@ -226,14 +212,12 @@ class Runner:
     """Runs a program over an (n, L) array of frames, one test run per frame."""
 
     def __init__(self) -> None:
-        self.nr = _SYS_BPF.get(platform.machine())
-        if self.nr is None:
-            raise RuntimeError(f"bench: unsupported architecture {platform.machine()}")
+        self.nr = bpfsys.syscall_nr()
         libc = ctypes.CDLL(None, use_errno=True)
         self.call = libc.syscall
         self.call.restype = ctypes.c_long
         self.call.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long]
-        self.attr = _TestRunAttr()
+        self.attr = bpfsys.TestRunAttr()
         self.ref = ctypes.addressof(self.attr)
         self.size = ctypes.sizeof(self.attr)
 
@@ -252,7 +236,7 @@ class Runner:
         for i in range(start, stop):
             a.data_in = base + i * length
             a.data_size_out = 0
-            if call(nr, BPF_PROG_TEST_RUN, ref, size) < 0:
+            if call(nr, bpfsys.BPF_PROG_TEST_RUN, ref, size) < 0:
                 err = ctypes.get_errno()
                 raise bpfsys.BpfError(err, f"test run: {os.strerror(err)}")
             if a.retval != XDP_PASS:
@@ -592,9 +576,7 @@ class Tracker:
         self.set_tunable("events", int(on))
 
     def set_tunable(self, name: str, value: int) -> None:
-        values = tunables.from_config(read_config(self.pin_dir))
-        values[name] = value
-        write_config(self.pin_dir, values)
+        config.write_values(self.pin_dir, {name: value})
 
     def close(self) -> None:
         if self.timers is not None:

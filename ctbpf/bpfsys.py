@@ -65,7 +65,9 @@ class _BatchAttr(ctypes.Structure):
                 ("flags", ctypes.c_uint64)]
 
 
-class _TestRunAttr(ctypes.Structure):
+class TestRunAttr(ctypes.Structure):
+    """union bpf_attr for BPF_PROG_TEST_RUN."""
+
     _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
                 ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
                 ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
@@ -83,11 +85,16 @@ class _MapInfo(ctypes.Structure):
                 ("rest", ctypes.c_uint8 * 64)]
 
 
-def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+def syscall_nr() -> int:
+    """bpf(2)'s system call number on this machine."""
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
         raise BpfError(errno.ENOSYS, f"bpf(2): unsupported architecture {platform.machine()}")
-    ret = _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    return nr
+
+
+def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    ret = _libc.syscall(syscall_nr(), cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if ret < 0:
         err = ctypes.get_errno()
         raise BpfError(err, f"{what}: {os.strerror(err)}")
@@ -257,7 +264,7 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ctx: bytes | None 
     ingress_ifindex says which interface the packet arrives on)."""
     data_in = ctypes.create_string_buffer(data, len(data))
     data_out = ctypes.create_string_buffer(len(data) + 256)
-    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=len(data_out),
+    attr = TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=len(data_out),
                         data_in=_addr(data_in), data_out=_addr(data_out), repeat=repeat)
     if ctx is not None:
         ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
@@ -276,7 +283,7 @@ class TestRunner:
         self.data_out = bytearray(size + 256)
         self._in = (ctypes.c_char * size).from_buffer(self.data_in)
         self._out = (ctypes.c_char * len(self.data_out)).from_buffer(self.data_out)
-        self._attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=size,
+        self._attr = TestRunAttr(prog_fd=prog_fd, data_size_in=size,
                                   data_in=ctypes.addressof(self._in),
                                   data_out=ctypes.addressof(self._out), repeat=1)
         self.duration_ns = 0   # the kernel's own time, summed over runs
