@@ -61,16 +61,7 @@ class ExpiryIndex:
 
     def add_keys(self, keys, expiries) -> None:
         """Index raw keys (back to back) under their expiries, in order."""
-        mv = memoryview(keys)
-        last_second, slot = None, None
-        n = 0
-        for n, expires in enumerate(expiries, 1):
-            second = -(-expires // NS)
-            if second != last_second:   # runs of one second are the common case
-                slot, last_second = self._slot(second), second
-            at = (n - 1) * KEY_SIZE
-            slot.extend(mv[at:at + KEY_SIZE])
-        self.keys += n
+        self._file(memoryview(keys), 0, KEY_SIZE, expiries)
 
     def add_timers(self, records, count: int, stride: int, offset: int = 0,
                    clean: bool = True) -> int:
@@ -90,15 +81,20 @@ class ExpiryIndex:
             from .ringbuf import DISCARD_BIT   # only rings have headers
             headers = mv[:count * stride].cast("I")[(offset - 8) // 4::stride // 4].tolist()
             skip = [h & DISCARD_BIT for h in headers]
+        return self._file(mv, offset, stride, expiries, skip)
+
+    def _file(self, mv: memoryview, first: int, stride: int, expiries, skip=None) -> int:
+        """File the key at first + i * stride under expiries[i], for each i
+        not marked in skip. Returns how many were filed."""
         last_second, slot = None, None
         added = 0
         for i, expires in enumerate(expiries):
             if skip is not None and skip[i]:
                 continue
             second = -(-expires // NS)
-            if second != last_second:
+            if second != last_second:   # runs of one second are the common case
                 slot, last_second = self._slot(second), second
-            at = offset + i * stride
+            at = first + i * stride
             slot.extend(mv[at:at + KEY_SIZE])
             added += 1
         self.keys += added
