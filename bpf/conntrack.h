@@ -332,16 +332,9 @@ static __always_inline int ct_track_icmp_error(struct ct_pkt *pkt, const struct 
  * ct_pkt_state) or CT_PKT_NONE for frames that are not IP; vc->verdict is
  * CT_VERDICT_DROP when the policy refused it before anything was committed.
  */
-static __always_inline int ct_state(void *data, void *data_end, struct ct_pkt *pkt,
-				    struct ct_vctx *vc)
+static __always_inline int ct_state(void *data, void *data_end, const struct ct_config *cfg,
+				    struct ct_counters *st, struct ct_pkt *pkt, struct ct_vctx *vc)
 {
-	__u32 zero = 0;
-	struct ct_counters *st = ct_stats.lookup(&zero);
-	struct ct_config *cfg = ct_config.lookup(&zero);
-
-	if (!st || !cfg)
-		return CT_PKT_NONE; /* cannot happen: array elements always exist */
-
 	if (parse_packet(data, data_end, pkt)) {
 		if (pkt->reason == CT_INV_ICMP_INNER)
 			ct_count(st, CT_STAT_ICMP_ERROR); /* examined, found unusable */
@@ -374,11 +367,14 @@ static __always_inline int ct_process(void *data, void *data_end, __u32 ifindex,
 	struct ct_pkt pkt = {};
 	__u32 zero = 0;
 	struct ct_config *cfg = ct_config.lookup(&zero);
+	struct ct_counters *st = ct_stats.lookup(&zero);
+	int state, verdict;
 
-	if (cfg && cfg->value[CT_CFG_POLICIES])
+	if (!cfg || !st)
+		return CT_VERDICT_ACCEPT; /* cannot happen: array elements always exist */
+	if (cfg->value[CT_CFG_POLICIES])
 		vc.pol = ct_policy.lookup(&pk);
-	int state = ct_state(data, data_end, &pkt, &vc);
-	int verdict;
+	state = ct_state(data, data_end, cfg, st, &pkt, &vc);
 
 	/* Every NEW packet was judged (ct_refuse) before its entry was made or
 	 * touched; asking again would only give the verifier another copy of
@@ -392,12 +388,8 @@ static __always_inline int ct_process(void *data, void *data_end, __u32 ifindex,
 		verdict = ct_frag_verdict(&pkt, verdict);
 
 	ct_count_verdict(vc.pol, state, verdict);
-	if (verdict == CT_VERDICT_DROP) {
-		struct ct_counters *st = ct_stats.lookup(&zero);
-
-		if (st)
-			ct_count(st, CT_STAT_DROP);
-	}
+	if (verdict == CT_VERDICT_DROP)
+		ct_count(st, CT_STAT_DROP);
 	return verdict;
 }
 
