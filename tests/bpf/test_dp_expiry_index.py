@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ctbpf import abi, bpfsys
+from ctbpf import abi, bpfsys, ringbuf
 from ctbpf.expiry import KEY_SIZE, TIMER_SIZE, ExpiryIndex
 from ctbpf.loader import sweep_due_keys
 from ctbpf.ringbuf import RingReader, record_size
@@ -153,3 +153,32 @@ def test_due_mode_handles_more_than_one_batch(tracker, ring, datapath):
 def _expired(entry):
     entry.expires_ns = time.monotonic_ns() - NS
     return entry
+
+
+def test_the_consumer_fences_around_real_records(tracker, ring, monkeypatch):
+    """Acquire after producer_pos and after the headers, before handle reads
+    the payloads; release after handle, before consumer_pos moves on; no
+    fence at all when the ring is empty."""
+    assert ringbuf.ORDERING == "libatomic fences"
+    real, calls = ringbuf._fence, []
+
+    def fence(order):
+        calls.append((order, ring.pending()))
+        real(order)
+
+    monkeypatch.setattr(ringbuf, "_fence", fence)
+    for i in range(3):
+        tracker.send(P.frame(P.udp(P.A4, P.B4, 42000 + i, 53)))
+    waiting = ring.pending()
+    assert waiting == 3 * STRIDE
+
+    def handle(chunk, n, clean):
+        calls.append(("handle", n))
+
+    assert ring.consume_fixed(TIMER_SIZE, 1024, handle) == 3
+    assert calls == [(ringbuf._ACQUIRE, waiting), (ringbuf._ACQUIRE, waiting),
+                     ("handle", 3), (ringbuf._RELEASE, waiting)]
+    assert ring.pending() == 0
+    calls.clear()
+    assert ring.consume_fixed(TIMER_SIZE, 1024, handle) == 0
+    assert calls == []
