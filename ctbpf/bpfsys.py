@@ -15,6 +15,7 @@ from functools import lru_cache
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -101,6 +102,9 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
     return ret
 
 
+raw_bpf = _bpf   # for the feature probes (ctbpf/features.py)
+
+
 def _addr(buf) -> int:
     return ctypes.addressof(buf) if buf is not None else 0
 
@@ -180,7 +184,185 @@ def delete(fd: int, key) -> bool:
     return True
 
 
+# -- batch operations, and their one-element-per-syscall fallback ----------
+#
+# BPF_MAP_*_BATCH (5.6+) read and write thousands of entries per syscall.
+# A kernel that refuses them (ctbpf/features.py probes once, at start) gets
+# the same results from BPF_MAP_GET_NEXT_KEY plus one lookup, update or
+# delete per element: slower by the syscall per entry, the same answers.
+
+#: CTBPF_DISABLE=batch,...: features reported as refused without asking
+#: the kernel (tests run the fallbacks with it; see ctbpf/features.py).
+DISABLE_ENV = "CTBPF_DISABLE"
+
+_batch: bool | None = None   # None: not probed yet in this process
+
+
+def disabled_features() -> set[str]:
+    return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 108)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> int:
+    """A new, unpinned map (for probes); returns its fd."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
+                          max_entries=max_entries)
+    return _bpf(BPF_MAP_CREATE, attr, "create a map")
+
+
+def probe_batch() -> tuple[int | None, str]:
+    """Try a batch update and a batch lookup on a small hash map of our own:
+    (None, "") when the kernel does them, else (errno, what failed)."""
+    try:
+        fd = map_create(1, 4, 8, 4)   # BPF_MAP_TYPE_HASH
+    except BpfError as e:
+        return e.errno, "cannot create a map"
+    try:
+        keys = (ctypes.c_uint32 * 2)(1, 2)
+        values = (ctypes.c_uint64 * 2)(10, 20)
+        update_batch_raw(fd, ctypes.addressof(keys), ctypes.addressof(values), 2)
+        _, got, n = lookup_batch_raw(fd, 4, 8, 4)
+        if n != 2 or sorted(memoryview(got).cast("Q")) != [10, 20]:
+            return errno.EIO, "a batch lookup read wrong values"
+    except BpfError as e:
+        return e.errno, ""
+    finally:
+        os.close(fd)
+    return None, ""
+
+
+def use_batch(enabled: bool) -> None:
+    """Whether the batch commands are used (the agent's probe decides)."""
+    global _batch
+    _batch = bool(enabled)
+
+
+def batch_in_use() -> bool:
+    """Probed on first use in a process that has not been told."""
+    global _batch
+    if _batch is None:
+        _batch = "batch" not in disabled_features() and probe_batch()[0] is None
+    return _batch
+
+
+def get_next_key(fd: int, key_addr: int, next_addr: int) -> bool:
+    """The key after the one at key_addr (0: the first key) into next_addr;
+    False at the end of the map. A key no longer in a hash map restarts the
+    walk at its first key: that is the kernel's answer, not ours."""
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, _ElemAttr(map_fd=fd, key=key_addr, value=next_addr),
+             "next key")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def _lookup_addr(fd: int, key_addr: int, value_addr: int) -> bool:
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, _ElemAttr(map_fd=fd, key=key_addr, value=value_addr), "lookup")
+    except BpfError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def _walk_into(fd: int, key_size: int, value_size: int, start_addr: int, keys_addr: int,
+               values_addr: int, count: int, cursor) -> tuple[int, bool]:
+    """Up to count (key, value) records from the key at start_addr (0: the
+    map's first), back to back; cursor receives the first key not read, so
+    deleting what was read (the sweeper does) cannot lose the place."""
+    key = ctypes.create_string_buffer(max(key_size, 1))
+    if start_addr:
+        ctypes.memmove(key, start_addr, key_size)
+        have = True
+    else:
+        have = get_next_key(fd, 0, _addr(key))
+    n = 0
+    while have and n < count:
+        k_at, v_at = keys_addr + n * key_size, values_addr + n * value_size
+        ctypes.memmove(k_at, key, key_size)
+        if _lookup_addr(fd, k_at, v_at):
+            n += 1
+        have = get_next_key(fd, _addr(key), _addr(key))
+    if have:
+        ctypes.memmove(cursor, key, key_size)
+    return n, not have
+
+
 def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int,
+                 chunk: int = 65536) -> tuple[bytes, bytes, int]:
+    """Read a whole map. Returns (keys, values, count): raw buffers holding
+    count records back to back."""
+    if batch_in_use():
+        return lookup_batch_raw(fd, key_size, value_size, max_entries, chunk)
+    chunk = max(1, min(chunk, max_entries))
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    cursor = ctypes.create_string_buffer(max(key_size, 8))
+    out_keys, out_values, total, start = bytearray(), bytearray(), 0, 0
+    for _ in range(max_entries // chunk + 2):   # bounded: the map holds max_entries
+        n, done = _walk_into(fd, key_size, value_size, start, _addr(keys), _addr(values),
+                             chunk, cursor)
+        out_keys += keys.raw[:n * key_size]
+        out_values += values.raw[:n * value_size]
+        total += n
+        if done:
+            break
+        start = _addr(cursor)
+    return bytes(out_keys), bytes(out_values), total
+
+
+def lookup_batch_at(fd: int, token_in: int, token_out: int, keys_addr: int,
+                    values_addr: int, count: int) -> tuple[int, bool]:
+    """One batch read into caller-owned buffers, resuming from the cursor at
+    address token_in (0: from the start) and leaving the next one at
+    token_out (a buffer of at least the key size). Returns (records read,
+    whether the map is done). ENOSPC (a bucket larger than count) is raised
+    for the caller to retry bigger."""
+    if batch_in_use():
+        return lookup_batch_at_raw(fd, token_in, token_out, keys_addr, values_addr, count)
+    info = map_info(fd)
+    value_size = info.value_size
+    if info.type in PERCPU_TYPES:
+        value_size = ((value_size + 7) & ~7) * possible_cpus()
+    cursor = (ctypes.c_char * max(info.key_size, 8)).from_address(token_out)
+    return _walk_into(fd, info.key_size, value_size, token_in, keys_addr, values_addr, count,
+                      cursor)
+
+
+def update_batch(fd: int, keys_addr: int, values_addr: int, count: int) -> int:
+    """Write count records from caller-owned buffers; returns how many
+    were written."""
+    if batch_in_use():
+        return update_batch_raw(fd, keys_addr, values_addr, count)
+    info = map_info(fd)
+    value_size = info.value_size
+    if info.type in PERCPU_TYPES:
+        value_size = ((value_size + 7) & ~7) * possible_cpus()
+    for i in range(count):
+        _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=fd, key=keys_addr + i * info.key_size,
+                                            value=values_addr + i * value_size), "update")
+    return count
+
+
+def delete_batch(fd: int, keys: bytes, key_size: int) -> int:
+    """Delete many keys; returns how many were deleted."""
+    if batch_in_use():
+        return delete_batch_raw(fd, keys, key_size)
+    buf = ctypes.create_string_buffer(bytes(keys), len(keys))
+    return sum(delete(fd, (ctypes.c_char * key_size).from_buffer(buf, i * key_size))
+               for i in range(len(keys) // key_size))
+
+
+def lookup_batch_raw(fd: int, key_size: int, value_size: int, max_entries: int,
                  chunk: int = 65536) -> tuple[bytes, bytes, int]:
     """Read a whole hash map in batches. Returns (keys, values, count): raw
     buffers holding count records back to back."""
@@ -211,7 +393,7 @@ def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int,
         first = False
 
 
-def lookup_batch_at(fd: int, token_in: int, token_out: int, keys_addr: int,
+def lookup_batch_at_raw(fd: int, token_in: int, token_out: int, keys_addr: int,
                     values_addr: int, count: int) -> tuple[int, bool]:
     """One BPF_MAP_LOOKUP_BATCH into caller-owned buffers, resuming from the
     cursor at address token_in (0: from the start) and leaving the next one
@@ -228,7 +410,7 @@ def lookup_batch_at(fd: int, token_in: int, token_out: int, keys_addr: int,
     return attr.count, False
 
 
-def update_batch(fd: int, keys_addr: int, values_addr: int, count: int) -> int:
+def update_batch_raw(fd: int, keys_addr: int, values_addr: int, count: int) -> int:
     """BPF_MAP_UPDATE_BATCH of count records from caller-owned buffers;
     returns how many were written."""
     attr = _BatchAttr(keys=keys_addr, values=values_addr, count=count, map_fd=fd)
@@ -236,7 +418,7 @@ def update_batch(fd: int, keys_addr: int, values_addr: int, count: int) -> int:
     return attr.count
 
 
-def delete_batch(fd: int, keys: bytes, key_size: int) -> int:
+def delete_batch_raw(fd: int, keys: bytes, key_size: int) -> int:
     """Delete many keys in one call; returns how many were deleted."""
     count = len(keys) // key_size
     if count == 0:

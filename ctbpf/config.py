@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import abi, bpfsys, policy, tunables
+from . import abi, bpfsys, pins, policy, tunables
 from .errors import CtbpfError, UsageError
 from .loader import read_config, write_raw_config
 from .tunables import ALL_BY_NAME, BY_NAME, ENTRIES_PER_BUCKET, Tunable
@@ -297,7 +297,7 @@ def _read_raw(pin_dir: Path):
     cfg = read_config(pin_dir)
     version = cfg.value[abi.const("CT_CFG_LAYOUT_VERSION")]
     if version != abi.LAYOUT_VERSION:
-        raise CtbpfError(f"ct_config in {pin_dir} has layout version {version}, this build "
+        raise CtbpfError(f"ct_config in {pins.display(pin_dir)} has layout version {version}, this build "
                          f"uses {abi.LAYOUT_VERSION}: not touching it")
     return cfg
 

@@ -63,6 +63,8 @@ class Daemon:
     stop_event_wakeup: threading.Event = field(default_factory=threading.Event)
     reload_hooks: list = field(default_factory=list)   # callables run on SIGHUP
     status: dict = field(default_factory=dict)
+    features: object = None   # features.KernelFeatures, probed once at start
+    started: list = field(default_factory=list)   # services started, in order
 
     @property
     def run_dir(self) -> Path:
@@ -98,6 +100,8 @@ class Daemon:
                         print(f"ctbpf: reload refused: {e}", file=sys.stderr, flush=True)
             now = time.monotonic()
             for s in self.services:
+                if self.stop_event.is_set():
+                    break   # stopping: no service starts work on what is about to close
                 if s.due() <= now:
                     s.run_once(now)
             next_due = min((s.due() for s in self.services), default=now + 1.0)
@@ -112,15 +116,115 @@ def _check_ifaces(names: list[str]) -> None:
         raise UsageError("an interface is given twice with --iface")
 
 
+def _check_sizes(args) -> int | None:
+    """--max, or 8 x --buckets, checked against the table limits with the
+    option the user gave named in the message; None when neither is given."""
+    from .loader import MAX_ENTRIES, MIN_ENTRIES  # noqa: PLC0415
+
+    if args.max is not None:
+        if not MIN_ENTRIES <= args.max <= MAX_ENTRIES:
+            raise UsageError(f"--max {args.max} is out of range [{MIN_ENTRIES}, {MAX_ENTRIES}]")
+        return args.max
+    buckets = getattr(args, "buckets", None)
+    if buckets is None:
+        return None
+    lo = -(-MIN_ENTRIES // config.ENTRIES_PER_BUCKET)
+    hi = MAX_ENTRIES // config.ENTRIES_PER_BUCKET
+    if not lo <= buckets <= hi:
+        raise UsageError(f"--buckets {buckets} is out of range [{lo}, {hi}] "
+                         f"(max is {config.ENTRIES_PER_BUCKET} x buckets)")
+    return buckets * config.ENTRIES_PER_BUCKET   # the kernel's max = 8 x buckets
+
+
+def _remove_failed_start(pin_dir: Path, lock, fresh: bool) -> None:
+    """What a start that failed made: the pins of new maps, and the pin
+    directory if this start created it. Pins that were there before (an
+    earlier run's state) stay."""
+    from .loader import remove_pins  # noqa: PLC0415
+
+    if fresh:
+        remove_pins(pin_dir)
+    if lock.created:
+        try:
+            pin_dir.rmdir()
+        except OSError:
+            pass
+
+
+def _start(daemon: Daemon, dp, cfg, cli_mode) -> None:
+    """From a loaded datapath to the ready line: policy, probes, attach,
+    services, status file. Services started are listed in daemon.started,
+    for a failed start to stop them."""
+    args, pin_dir = daemon.args, daemon.pin_dir
+    args.max = dp.max_entries
+    for hook in daemon.reload_hooks:   # the size the tables really have
+        if hasattr(hook, "running_max"):
+            hook.running_max = dp.max_entries
+    daemon.datapath = dp
+    # The policy is in force before the first packet is judged.
+    for line in config.apply_policy(pin_dir, cfg, cli_mode):
+        # stderr: stdout's first line is the ready line scripts wait for.
+        print(f"ctbpf: {line}", file=sys.stderr, flush=True)
+    # What this kernel refuses, found out once (ctbpf/features.py).
+    from .features import KernelFeatures  # noqa: PLC0415
+
+    serving = any(s.name == "metrics" for s in daemon.services)
+    daemon.features = KernelFeatures(with_iterator=serving)
+    print(f"ctbpf: {daemon.features.line()}", file=sys.stderr, flush=True)
+    for service in daemon.services:
+        if service.name == "sweeper" and not daemon.features.ring_mmap.ok:
+            service.use_index = False
+    modes = []
+    for name in args.iface:
+        modes.append(f"{name} ({dp.attach_xdp(name, args.xdp_mode)})")
+        if args.egress:
+            dp.attach_tc_egress(name)
+    restart.report_adoption(dp)
+    for service in daemon.services:
+        service.start(daemon)
+        daemon.started.append(service)
+    daemon.write_status(pid=os.getpid(), pin_dir=str(pin_dir), ifaces=args.iface,
+                        egress=bool(args.egress), started=time.time(),
+                        features=daemon.features.status(), **config.status_fields(cfg))
+    print(f"ctbpf: tracking on {', '.join(modes)}{' with egress' if args.egress else ''}; "
+          f"maps in {pins.display(pin_dir)}", flush=True)
+
+
+def _serve(daemon: Daemon, dp, args):
+    """The loop until a signal stops it; then every service is stopped
+    before anything they use is closed. Returns what --keep-attached left
+    attached, or None."""
+    kept = None
+    try:
+        daemon.loop()
+    finally:
+        for service in reversed(daemon.services):
+            try:
+                service.stop()
+            except Exception as e:  # noqa: BLE001 - the others must stop too
+                log.warning("stopping %s: %s", service.name, e)
+        try:
+            (daemon.run_dir / "daemon.json").unlink()
+        except OSError:
+            pass
+        try:
+            daemon.run_dir.rmdir()   # only when nothing else is left in it
+        except OSError:
+            pass
+        if getattr(args, "keep_attached", False):
+            kept = dp.release()   # programs stay attached, maps pinned
+    log.info("%s: %s", daemon.status.get("stopped_by", "stop"),
+             "leaving the datapath attached" if kept is not None else "detaching")
+    return kept
+
+
 def run(args) -> int:
     require_root("ctbpf run")
     _check_ifaces(args.iface)
     # The config file (ctbpf/config.py) is checked before anything is loaded.
     cfg_path = getattr(args, "config", None)
     cfg = config.load_file(os.path.abspath(cfg_path)) if cfg_path else None
-    cli_max = args.max
-    if cli_max is None and getattr(args, "buckets", None):
-        cli_max = args.buckets * config.ENTRIES_PER_BUCKET   # the kernel's max = 8 x buckets
+    cli_max = _check_sizes(args)
     args.max = config.effective_max(cli_max, cfg)
     # Without an explicit size, a restart keeps the pinned tables' size.
     max_given = cli_max is not None or (cfg is not None and cfg.effective_max() is not None)
@@ -155,51 +259,29 @@ def run(args) -> int:
         values = cfg.datapath_values() if cfg is not None else None
         # One daemon per pin dir; what is pinned is kept, resized, migrated
         # or (--discard-state) dropped loudly (ctbpf/restart.py).
-        with restart.lock_for_daemon(pin_dir), restart.open_datapath(
-                pin_dir, args.max, max_given=max_given, values=values,
-                discard_state=getattr(args, "discard_state", False)) as dp:
-            args.max = dp.max_entries
-            for hook in daemon.reload_hooks:   # the size the tables really have
-                if hasattr(hook, "running_max"):
-                    hook.running_max = dp.max_entries
-            daemon.datapath = dp
-            # The policy is in force before the first packet is judged.
-            for line in config.apply_policy(pin_dir, cfg, cli_mode):
-                # stderr: stdout's first line is the ready line scripts wait for.
-                print(f"ctbpf: {line}", file=sys.stderr, flush=True)
-            modes = []
-            for name in args.iface:
-                modes.append(f"{name} ({dp.attach_xdp(name, args.xdp_mode)})")
-                if args.egress:
-                    dp.attach_tc_egress(name)
-            restart.report_adoption(dp)
-            for service in daemon.services:
-                service.start(daemon)
-            daemon.write_status(pid=os.getpid(), pin_dir=str(pin_dir), ifaces=args.iface,
-                                egress=bool(args.egress), started=time.time(),
-                                **config.status_fields(cfg))
-            print(f"ctbpf: tracking on {', '.join(modes)}{' with egress' if args.egress else ''}; "
-                  f"maps in {pins.display(pin_dir)}", flush=True)
+        with restart.lock_for_daemon(pin_dir) as lock:
+            fresh = restart.inspect(pin_dir) is None
             try:
-                daemon.loop()
-            finally:
-                for service in reversed(daemon.services):
-                    service.stop()
+                dp = restart.open_datapath(pin_dir, args.max, max_given=max_given, values=values,
+                                           discard_state=getattr(args, "discard_state", False))
+            except BaseException:
+                _remove_failed_start(pin_dir, lock, fresh)
+                raise
+            with dp:
                 try:
-                    (daemon.run_dir / "daemon.json").unlink()
-                except OSError:
-                    pass
-                try:
-                    daemon.run_dir.rmdir()   # only when nothing else is left in it
-                except OSError:
-                    pass
-                if getattr(args, "keep_attached", False):
-                    kept = dp.release()   # programs stay attached, maps pinned
-            log.info("%s: %s", daemon.status.get("stopped_by", "stop"),
-                     "leaving the datapath attached" if kept is not None else "detaching")
+                    _start(daemon, dp, cfg, cli_mode)
+                except BaseException:
+                    for service in reversed(daemon.started):
+                        service.stop()
+                    dp.close()
+                    _remove_failed_start(pin_dir, lock, fresh)
+                    raise
+                kept = _serve(daemon, dp, args)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if daemon.features is not None:
+            daemon.features.close()
     if kept is not None:
         print(f"ctbpf: {restart.kept_message(kept, pin_dir)}", file=sys.stderr, flush=True)
     else:

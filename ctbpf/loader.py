@@ -15,13 +15,15 @@ import os
 import re
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import abi, bpfsys, tunables
 from .errors import CtbpfError, UsageError
+from .features import captured_stderr
 from .paths import BPF_DIR
-from .pins import MAP_NAMES, PIN_NAMES, PROG_SWEEP, is_bpffs
+from .pins import MAP_NAMES, PIN_NAMES, PROG_SWEEP, display, is_bpffs
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,16 @@ def program_source(path: Path = MAIN_SOURCE) -> str:
         m = _INCLUDE.match(line)
         out.append(program_source(path.parent / m.group(1)) if m else line)
     return "".join(out)
+
+
+def _attach_error(exc: Exception, said: str) -> str:
+    """Why an attach failed, in a few words: the errno's text BCC printed
+    ("bpf: Attaching prog to lo: Operation not supported"), else its
+    exception's first line."""
+    for line in said.splitlines():
+        if ":" in line:
+            return line.rsplit(":", 1)[1].strip()
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _import_bcc():
@@ -105,7 +117,7 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
     if "ct_config" in present:
         version = read_config(pin_dir).value[abi.const("CT_CFG_LAYOUT_VERSION")]
         if version != abi.LAYOUT_VERSION:
-            raise CtbpfError(f"maps pinned in {pin_dir} have layout version {version}, this "
+            raise CtbpfError(f"maps pinned in {display(pin_dir)} have layout version {version}, this "
                              f"build uses {abi.LAYOUT_VERSION}: they cannot be reused as they "
                              f"are (`ctbpf run` migrates them, or drops them with "
                              f"--discard-state)")
@@ -117,10 +129,10 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
             os.close(fd)
         key_size, value_size, entries = expect[name]
         if (info.key_size, info.value_size) != (key_size, value_size):
-            raise CtbpfError(f"{pin_dir / name} holds {info.key_size}/{info.value_size}-byte "
+            raise CtbpfError(f"{display(pin_dir / name)} holds {info.key_size}/{info.value_size}-byte "
                              f"keys/values, this build needs {key_size}/{value_size}")
         if entries is not None and info.max_entries != entries:
-            raise CtbpfError(f"{pin_dir / name} was created for {info.max_entries} entries, "
+            raise CtbpfError(f"{display(pin_dir / name)} was created for {info.max_entries} entries, "
                              f"not {entries}: start with --max {info.max_entries} to keep "
                              f"its flows")
     return True
@@ -301,12 +313,12 @@ class Datapath:
                              f"[{MIN_ENTRIES}, {MAX_ENTRIES}]")
         where = self.pin_dir if self.pin_dir.exists() else self.pin_dir.parent
         if not is_bpffs(where):
-            raise CtbpfError(f"pin dir {self.pin_dir} is not on a BPF filesystem "
+            raise CtbpfError(f"pin dir {display(self.pin_dir)} is not on a BPF filesystem "
                              f"(mount one with `mount -t bpf bpf /sys/fs/bpf`)")
         try:
             self.pin_dir.mkdir(exist_ok=True)
         except OSError as e:
-            raise CtbpfError(f"pin dir {self.pin_dir}: {e.strerror}") from None
+            raise CtbpfError(f"pin dir {display(self.pin_dir)}: {e.strerror}") from None
         self.reused = check_pinned(self.pin_dir, self.max_entries)
         cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_MAX_ENTRIES={self.max_entries}",
                   "-Wno-unused-function"]
@@ -332,7 +344,7 @@ class Datapath:
 
         self.adoptable |= table_ids(self.pin_dir)
         log.info("datapath loaded, maps %s in %s", "reused" if self.reused else "pinned",
-                 self.pin_dir)
+                 display(self.pin_dir))
         return self
 
     def prog_fd(self, name: str = XDP_FUNC) -> int:
@@ -388,19 +400,27 @@ class Datapath:
             # flood no faster than nf_conntrack (generic: 1.5x). Containers'
             # and namespaces' veths get generic XDP; NICs get native.
             modes = ["generic", "native"] if link_kind(index) == "veth" else ["native", "generic"]
-        last_error = ""
-        for m in modes:
+        last_error, said = "", [""]
+        for i, m in enumerate(modes):
             flags = XDP_MODES[m]
             try:
-                self._bpf.attach_xdp(ifname, self._funcs[XDP_FUNC],
-                                     flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+                # BCC prints its own line for a refused mode; a refusal that
+                # has a fallback is ours to say, once, below.
+                with captured_stderr() as said:
+                    self._bpf.attach_xdp(ifname, self._funcs[XDP_FUNC],
+                                         flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
             except Exception as e:  # BCC: bare Exception
-                last_error = str(e).splitlines()[0]
+                last_error = _attach_error(e, said[0])
                 log.info("XDP %s mode on %s failed: %s", m, ifname, last_error)
+                if i + 1 < len(modes):
+                    print(f"ctbpf: {m} XDP is not available on {ifname} ({last_error}): "
+                          f"using {modes[i + 1]} mode", file=sys.stderr, flush=True)
                 continue
             self._attached.append(_Attachment(ifname, index, "xdp", flags))
             log.info("XDP attached to %s in %s mode", ifname, m)
             return m
+        if said[0].strip():   # a real failure: BCC's own words too
+            sys.stderr.write(said[0])
         raise CtbpfError(f"cannot attach XDP to {ifname}: {last_error}")
 
     def _adopt_xdp(self, ifname: str, index: int, prog_id: int, flags: int, mode: str) -> str:
@@ -415,7 +435,7 @@ class Datapath:
                                  f"detach it first (ip link set dev {ifname} xdp off)")
             if not restart.is_ctbpf(info, restart.XDP_PROG_NAME, self.adoptable):
                 raise CtbpfError(f"{ifname} already carries a ctbpf XDP program (id {prog_id}) "
-                                 f"that tracks into other maps than those in {self.pin_dir} "
+                                 f"that tracks into other maps than those in {display(self.pin_dir)} "
                                  f"(another tracker's?); stop that tracker, or detach it "
                                  f"(ip link set dev {ifname} xdp off)")
             if not flags:
@@ -506,6 +526,9 @@ class Datapath:
             except Exception as e:  # noqa: BLE001 - BCC: bare Exception
                 log.warning("draining the old event ring buffer: %s", e)
         old = self._bpf
+        # The runner holds the old sweep program's fd number, which closes
+        # with the old programs below (and may be reused for anything).
+        self._due_runner = None
         self._bpf, self._funcs = other._bpf, other._funcs
         other._bpf, other._funcs = None, {}
         self.pin_dir, self.max_entries = other.pin_dir, other.max_entries
@@ -541,6 +564,7 @@ class Datapath:
 
     def close(self) -> None:
         self.detach_all()
+        self._due_runner = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

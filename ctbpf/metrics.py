@@ -45,31 +45,27 @@ class TrackerCollector:
     families at scrape time (the sweeper's own, for instance)."""
 
     def __init__(self, pin_dir: Path, limit: Callable[[], int],
-                 extra: Callable[[], Iterable] | None = None) -> None:
+                 extra: Callable[[], Iterable] | None = None, features=None) -> None:
         self.pin_dir = pin_dir
         self.limit = limit
         self.extra = extra
+        self.features = features   # features.KernelFeatures of the agent, or None
 
     def describe(self):
         return []  # collected lazily: no map read at registration
 
-    _iter = None   # occupancy_iter.IterCounter, False once it failed to load
-
     def _occupancy(self):
-        """Counted in the kernel when the iterator loads, else from batch reads."""
-        if self._iter is None:
+        """Counted in the kernel when the probe loaded the iterator, else
+        from batch reads. An iterator that fails at a scrape is dropped for
+        good, with one line: no retry per scrape."""
+        counter = self.features.iter_counter if self.features is not None else None
+        if counter is not None:
             try:
-                from .occupancy_iter import IterCounter  # noqa: PLC0415
-                self._iter = IterCounter()
-            except Exception as e:  # noqa: BLE001 - any load failure: the batch path
-                log.warning("occupancy iterator unavailable (%s): scrapes read the tables",
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-                self._iter = False
-        if self._iter:
-            try:
-                return self._iter.count(self.pin_dir)
+                return counter.count(self.pin_dir)
             except OSError as e:
-                log.warning("occupancy iterator failed (%s): reading the tables", e)
+                log.warning("occupancy iterator failed (%s): scrapes read the tables from now on",
+                            e)
+                self.features.close()
         return occupancy.occupancy(self.pin_dir)
 
     def collect(self):
@@ -80,8 +76,17 @@ class TrackerCollector:
         yield from self._stats(counters, occ)
         yield from self._policy(counters)
         info = InfoMetricFamily("ctbpf_build", "ctbpf build information")
-        info.add_metric([], {"version": __version__, "layout_version": str(abi.LAYOUT_VERSION)})
+        how = self.features.occupancy if self.features is not None else "batch"
+        info.add_metric([], {"version": __version__, "layout_version": str(abi.LAYOUT_VERSION),
+                             "occupancy": how})
         yield info
+        if self.features is not None:
+            fam = GaugeMetricFamily("ctbpf_kernel_feature", "1 where this kernel accepted an "
+                                    "optional feature at start, 0 where ctbpf uses its fallback",
+                                    labels=["feature"])
+            for f in self.features.all():
+                fam.add_metric([f.name], int(f.ok))
+            yield fam
         if self.extra:
             yield from self.extra()
 
@@ -217,7 +222,7 @@ class MetricsService:
         sweeper = next((s for s in daemon.services if s.name == "sweeper"), None)
         extra = (lambda: sweeper_families(sweeper.stats)) if sweeper is not None else None
         registry.register(TrackerCollector(daemon.pin_dir, lambda: daemon.datapath.max_entries,
-                                           extra))
+                                           extra, daemon.features))
         host, port = self.addr
         try:
             self._server, _thread = start_http_server(port, addr=host, registry=registry)

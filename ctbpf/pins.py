@@ -5,9 +5,13 @@ Pins live on the BPF filesystem. `ip netns exec` gives each command a fresh
 the host's through /proc/PID/root of init or of the nearest ancestor that
 still sees it (the shell that ran `ip netns exec`): a tracker started under
 `ip netns exec NS` and a `ctbpf list` run the same way then meet in the
-same directory. Each
-network namespace gets its own default directory, so trackers in several
-namespaces never share maps.
+same directory. Each network namespace gets its own default directory, so
+trackers in several namespaces never share maps.
+
+A path through another process's root dies with that process: an agent
+started in the background from a shell that then exits would lose its maps.
+So the bpffs found that way is held open (an O_PATH descriptor) and reached
+through /proc/<our pid>/fd/N, which lives exactly as long as we do.
 """
 
 from __future__ import annotations
@@ -72,12 +76,29 @@ def _candidates():
         yield f"/proc/{pid}/root/sys/fs/bpf"
 
 
+_held: dict[str, Path] = {}   # /proc/PID/root/sys/fs/bpf -> our /proc/<pid>/fd/N
+
+
+def _hold(cand: str) -> Path:
+    """A path to the bpffs at cand that does not depend on the process
+    whose root it goes through staying alive."""
+    if not cand.startswith("/proc/"):
+        return Path(cand)
+    if cand not in _held:
+        try:
+            fd = os.open(cand, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return Path(cand)
+        _held[cand] = Path(f"/proc/{os.getpid()}/fd/{fd}")
+    return _held[cand]
+
+
 def bpffs_root(mount: bool = False) -> Path:
     """The BPF filesystem to pin under; mounts one at /sys/fs/bpf if asked
     and none is reachable."""
     for cand in _candidates():
         if is_bpffs(cand):
-            return Path(cand)
+            return _hold(cand)
     if mount:
         result = subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"],
                                 capture_output=True, text=True)
@@ -134,18 +155,12 @@ def resolve(pin_dir: str | None, mount: bool = False) -> Path:
     return path
 
 
-def display(path: Path) -> str:
-    """The path as users know it: /sys/fs/bpf/..., not /proc/PID/root/..."""
-    parts = path.parts
+def display(path: Path | str) -> str:
+    """The path as users know it: /sys/fs/bpf/..., never /proc/PID/root/...
+    or /proc/PID/fd/N/... (a held bpffs root, see _hold)."""
+    parts = Path(path).parts
     if len(parts) > 4 and parts[1] == "proc" and parts[3] == "root":
         return "/" + "/".join(parts[4:])
+    if len(parts) >= 5 and parts[1] == "proc" and parts[3] == "fd":
+        return "/".join(("/sys/fs/bpf",) + parts[5:])
     return str(path)
-
-
-def require_existing(path: Path) -> Path:
-    """For readers: the directory must hold a running tracker's maps."""
-    missing = [name for name in MAP_NAMES if not (path / name).exists()]
-    if missing:
-        raise CtbpfError(f"no ctbpf maps in {display(path)} (is `ctbpf run` running in this network "
-                         f"namespace? missing: {', '.join(missing)})")
-    return path

@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ctbpf: %(message)s")
     try:
-        pin_dir = pins.require_existing(pins.resolve(args.pin_dir))
+        from . import readiness  # noqa: PLC0415
+
+        pin_dir = readiness.wait_ready(pins.resolve(args.pin_dir))
         for line in resize(pin_dir, args.max):
             print(line)
     except CtbpfError as e:

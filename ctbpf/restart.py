@@ -498,6 +498,7 @@ class PinLock:
     def __init__(self, pin_dir: Path) -> None:
         self.pin_dir = pin_dir
         self.fd: int | None = None
+        self.created = False   # the directory was made for this lock
 
     def try_acquire(self) -> bool:
         fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -524,27 +525,36 @@ class PinLock:
 def lock_for_daemon(pin_dir: Path) -> PinLock:
     """The pin dir's lock for `ctbpf run`; CtbpfError if a daemon holds it.
     The directory is made if need be, once BCC is known to be there and
-    only on a BPF filesystem, so that a run that cannot start leaves
-    nothing behind."""
+    only on a BPF filesystem; lock.created says so, for the caller to remove
+    it again if the start fails."""
     from .loader import _import_bcc  # noqa: PLC0415
 
     _import_bcc()
+    shown = pins.display(pin_dir)
+    if pin_dir.exists() and not pin_dir.is_dir():
+        raise UsageError(f"pin dir {shown}: is not a directory")
     where = pin_dir if pin_dir.exists() else pin_dir.parent
     if not pins.is_bpffs(where):
-        raise CtbpfError(f"pin dir {pin_dir} is not on a BPF filesystem "
+        raise CtbpfError(f"pin dir {shown} is not on a BPF filesystem "
                          f"(mount one with `mount -t bpf bpf /sys/fs/bpf`)")
+    created = False
     try:
-        pin_dir.mkdir(exist_ok=True)
+        pin_dir.mkdir()
+        created = True
+    except FileExistsError:
+        if not pin_dir.is_dir():
+            raise UsageError(f"pin dir {shown}: is not a directory") from None
     except OSError as e:
-        raise CtbpfError(f"pin dir {pin_dir}: {e.strerror}") from None
+        raise CtbpfError(f"pin dir {shown}: {e.strerror}") from None
     lock = PinLock(pin_dir)
+    lock.created = created
     if not lock.try_acquire():
         status = daemon_status(pin_dir)
         who = f" (pid {status['pid']})" if status else ""
         ifaces = status.get("ifaces") if status else None
         where = f" with XDP on {', '.join(map(str, ifaces))}" if isinstance(ifaces, list) else ""
         raise CtbpfError(f"a ctbpf daemon{who} already tracks{where} with the maps in "
-                         f"{pins.display(pin_dir)}; stop it first (a stopped or killed one's "
+                         f"{shown}; stop it first (a stopped or killed one's "
                          f"datapath is adopted)")
     return lock
 
@@ -716,15 +726,22 @@ class RefusedError(CtbpfError):
 TEMP_SUFFIX = "+rebuild-"
 
 
+# A first start pins into `<pin>+start-<pid>` and moves the set into place
+# once ct_config is written (see start_fresh).
+START_SUFFIX = "+start-"
+
+
 def temp_pin_dir(pin_dir: Path) -> Path:
     return pin_dir.parent / f"{pin_dir.name}{TEMP_SUFFIX}{os.getpid()}"
 
 
 def remove_stale_temp(pin_dir: Path) -> None:
-    """Remove `<pin>+rebuild-<pid>` directories whose process is gone."""
+    """Remove `<pin>+rebuild-<pid>` and `<pin>+start-<pid>` directories
+    whose process is gone."""
     from .loader import remove_pins  # noqa: PLC0415
 
-    pattern = re.compile(re.escape(pin_dir.name + TEMP_SUFFIX) + r"(\d+)$")
+    suffixes = "|".join(re.escape(x) for x in (TEMP_SUFFIX, START_SUFFIX))
+    pattern = re.compile(re.escape(pin_dir.name) + f"(?:{suffixes})" + r"(\d+)$")
     try:
         names = os.listdir(pin_dir.parent)
     except OSError:
@@ -742,7 +759,7 @@ def remove_stale_temp(pin_dir: Path) -> None:
                 pass
             except PermissionError:
                 continue
-        log.info("removing the leftover %s", pin_dir.parent / name)
+        log.info("removing the leftover %s", pins.display(pin_dir.parent / name))
         remove_pins(pin_dir.parent / name)
 
 
@@ -1138,7 +1155,7 @@ def open_datapath(pin_dir: Path, max_entries: int, *, max_given: bool = True,
     remove_stale_temp(pin_dir)
     state = inspect(pin_dir)
     if state is None:
-        return Datapath(pin_dir, max_entries).load(values=values)
+        return start_fresh(pin_dir, max_entries, values)
     if not compatible(state):
         migration = MIGRATIONS.get(state.version)
         if migration is not None and state.version != abi.LAYOUT_VERSION:
@@ -1169,6 +1186,43 @@ def open_datapath(pin_dir: Path, max_entries: int, *, max_given: bool = True,
         return dp
     dp = Datapath(pin_dir, state.max_entries).load(values=values)
     say(f"kept {state.total} entries of the pinned maps in {pins.display(pin_dir)}")
+    return dp
+
+
+def start_fresh(pin_dir: Path, max_entries: int, values: dict[str, int] | None = None):
+    """A datapath on new maps that appear in pin_dir complete: loaded and
+    pinned in a staging directory, its config written there, then moved in
+    by rename with ct_config last. A reader that finds ct_config finds every
+    other map, and never a config of layout version 0."""
+    from .loader import Datapath, remove_pins  # noqa: PLC0415
+
+    staging = pin_dir.parent / f"{pin_dir.name}{START_SUFFIX}{os.getpid()}"
+    remove_pins(staging)
+    try:
+        staging.mkdir()
+    except OSError as e:
+        raise CtbpfError(f"pin dir {pins.display(staging)}: {e.strerror}") from None
+    dp = Datapath(staging, max_entries)
+    try:
+        dp.load(values=values)
+        last = "ct_config"
+        for name in [n for n in pins.PIN_NAMES if n != last] + [last]:
+            if (staging / name).exists():
+                os.rename(staging / name, pin_dir / name)
+        dp.pin_dir = pin_dir
+    except BaseException:
+        dp.close()
+        remove_pins(staging)
+        for name in pins.PIN_NAMES:   # what was moved before the failure
+            try:
+                (pin_dir / name).unlink()
+            except OSError:
+                pass
+        raise
+    try:
+        staging.rmdir()
+    except OSError as e:
+        log.warning("cannot remove %s: %s", pins.display(staging), e.strerror)
     return dp
 
 

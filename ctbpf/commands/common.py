@@ -20,7 +20,8 @@ def add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def existing_pin_dir(args):
-    """The pin dir of a running (or kept) tracker in this namespace."""
-    from .. import pins  # noqa: PLC0415
+    """The pin dir of a running (or kept) tracker in this namespace; waits a
+    few seconds for one that is still starting (ctbpf/readiness.py)."""
+    from .. import pins, readiness  # noqa: PLC0415
 
-    return pins.require_existing(pins.resolve(args.pin_dir))
+    return readiness.wait_ready(pins.resolve(args.pin_dir))
