@@ -433,7 +433,7 @@ def describe(pin_dir: Path) -> dict:
     else:
         buckets = max(1, current_max // ENTRIES_PER_BUCKET)
         rows.append(_row(b, buckets, "default" if buckets == b.default else "max/8"))
-    return {"pin_dir": str(pin_dir), "config_file": path,
+    return {"pin_dir": pins.display(pin_dir), "config_file": path,
             "daemon_pid": status.get("pid") if status else None,
             "note": note, "tunables": rows}
 

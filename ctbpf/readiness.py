@@ -22,7 +22,7 @@ from pathlib import Path
 from . import pins
 from .errors import CtbpfError
 
-WAIT_S = 5.0      # how long a command waits for a starting tracker
+WAIT_S = 10.0     # how long a command waits for a starting tracker (BCC compiles: 2-5 s)
 POLL_S = 0.05
 _MAX_SCAN = 4096  # processes looked at for a `ctbpf run` still starting
 
