@@ -568,7 +568,7 @@ def test_live_policy_changes_keep_connections(lab, enforcer):
     tr.proc.send_signal(signal.SIGHUP)
     watch.wait_for("unknown state 'bogus'; allowed: new, established, related, invalid, "
                    "untracked\n", timeout=8.0)
-    refused = [line for line in watch.text.splitlines() if "refused" in line]
+    refused = [line for line in watch.text.splitlines() if "reload refused" in line]
     assert refused == [f"ctbpf: reload refused: {tr.config}: [policy.in.srv0].accept: unknown "
                        f"state 'bogus'; allowed: new, established, related, invalid, "
                        f"untracked"], watch.text
