@@ -16,7 +16,7 @@
 #ifndef CTBPF_ABI_H
 #define CTBPF_ABI_H
 
-#define CT_LAYOUT_VERSION 1
+#define CT_LAYOUT_VERSION 2
 
 /* Address families stored in ct_key.family. */
 #define CT_FAMILY_IPV4 4
@@ -96,7 +96,8 @@ enum ct_invalid_reason {
 	CT_INV_ICMP_INNER = 13,   /* ICMP error whose embedded header is unusable */
 	CT_INV_ICMP_NO_FLOW = 14, /* ICMP error for a flow we do not track */
 	CT_INV_ICMP_SPOOF = 15,   /* ICMP error whose outer destination is not the flow's sender */
-	CT_INV_REASON_MAX = 16,
+	CT_INV_IP_OPTS = 16,      /* IPv4 option whose length is missing, below 2 or past the header end */
+	CT_INV_REASON_MAX = 32,   /* room for the window checks' reasons: ct_stats has 32 slots */
 };
 
 /* Per-CPU counters (ct_stats). Invalid reasons follow at
@@ -125,7 +126,7 @@ enum ct_stat {
 	CT_STAT_DROP = 20,          /* packets dropped by the policy (enforce mode) */
 	CT_STAT_DROP_TABLE_FULL = 21, /* NEW packets dropped: no room for their entry (enforce) */
 	CT_STAT_INVALID_BASE = 32,
-	CT_STAT_MAX = 48,
+	CT_STAT_MAX = 64,         /* CT_STAT_INVALID_BASE + CT_INV_REASON_MAX */
 };
 
 /* Indices of ct_config (u64 each). TCP timeouts sit at their state's number;

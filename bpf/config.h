@@ -23,6 +23,13 @@
 #define CT_MAX_IP6_EXTHDRS 6
 #endif
 
+/* Steps of the IPv4 option walk: one per option, four NOOPs in a row as
+ * one. The slowest 40 bytes to walk are eight times NOOP NOOP NOOP and a
+ * 2-byte option: 32 steps, so every option of every header is checked. */
+#ifndef CT_IPV4_OPT_STEPS
+#define CT_IPV4_OPT_STEPS 32
+#endif
+
 /* Bytes of the event ring buffer (a power of two, pages). At about 120 bytes
  * an event, 1 MiB holds some 8,000 events between two reads. */
 /* Fragmented datagrams whose first fragment's verdict the later ones

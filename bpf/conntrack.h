@@ -332,10 +332,11 @@ static __always_inline int ct_track_icmp_error(struct ct_pkt *pkt, const struct 
  * ct_pkt_state) or CT_PKT_NONE for frames that are not IP; vc->verdict is
  * CT_VERDICT_DROP when the policy refused it before anything was committed.
  */
-static __always_inline int ct_state(void *data, void *data_end, const struct ct_config *cfg,
-				    struct ct_counters *st, struct ct_pkt *pkt, struct ct_vctx *vc)
+static __always_inline int ct_state(void *ctx, int xdp, void *data, void *data_end,
+				    const struct ct_config *cfg, struct ct_counters *st,
+				    struct ct_pkt *pkt, struct ct_vctx *vc)
 {
-	if (parse_packet(data, data_end, pkt)) {
+	if (parse_packet(ctx, xdp, data, data_end, pkt)) {
 		if (pkt->reason == CT_INV_ICMP_INNER)
 			ct_count(st, CT_STAT_ICMP_ERROR); /* examined, found unusable */
 		return ct_invalid(st, pkt->reason);
@@ -360,7 +361,8 @@ static __always_inline int ct_state(void *data, void *data_end, const struct ct_
  * (CT_HOOK_OUT) interface `ifindex`, and judge it by that interface's
  * policy. Returns the verdict (enum ct_verdict); only CT_VERDICT_DROP drops.
  */
-static __always_inline int ct_process(void *data, void *data_end, __u32 ifindex, __u32 hook)
+static __always_inline int ct_process(void *ctx, void *data, void *data_end, __u32 ifindex,
+				      __u32 hook)
 {
 	struct ct_policy_key pk = { .ifindex = ifindex, .hook = hook };
 	struct ct_vctx vc = { .pol = 0, .verdict = -1 };
@@ -374,7 +376,8 @@ static __always_inline int ct_process(void *data, void *data_end, __u32 ifindex,
 		return CT_VERDICT_ACCEPT; /* cannot happen: array elements always exist */
 	if (cfg->value[CT_CFG_POLICIES])
 		vc.pol = ct_policy.lookup(&pk);
-	state = ct_state(data, data_end, cfg, st, &pkt, &vc);
+	/* XDP is the ingress hook, TC the egress one. */
+	state = ct_state(ctx, hook == CT_HOOK_IN, data, data_end, cfg, st, &pkt, &vc);
 
 	/* Every NEW packet was judged (ct_refuse) before its entry was made or
 	 * touched; asking again would only give the verifier another copy of

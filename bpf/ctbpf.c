@@ -46,7 +46,7 @@ struct frag_hdr {
 int ctbpf_xdp(struct xdp_md *ctx)
 {
 	/* Dropped here, before the kernel allocates anything for the packet. */
-	if (ct_process((void *)(long)ctx->data, (void *)(long)ctx->data_end,
+	if (ct_process(ctx, (void *)(long)ctx->data, (void *)(long)ctx->data_end,
 		       ctx->ingress_ifindex, CT_HOOK_IN) == CT_VERDICT_DROP)
 		return XDP_DROP;
 	return XDP_PASS;
@@ -67,7 +67,7 @@ int ctbpf_tc_egress(struct __sk_buff *skb)
 	if (skb->ingress_ifindex != 0)
 		return TC_ACT_OK;
 	bpf_skb_pull_data(skb, len);
-	if (ct_process((void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
+	if (ct_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
 		       CT_HOOK_OUT) == CT_VERDICT_DROP)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

@@ -95,6 +95,9 @@ struct ct_cursor {
 	void *end;   /* data_end */
 	void *l3_end; /* end of the IP datagram as its header announces */
 	int first_fragment; /* L4 lengths may exceed l3_end: they describe the reassembled datagram */
+	void *data;  /* the frame's start, for offsets */
+	void *ctx;   /* the program's context (xdp_md or __sk_buff), for the load-bytes helpers */
+	int xdp;     /* which of the two ctx is: a constant in each program */
 };
 
 static __always_inline int parse_fail(struct ct_pkt *pkt, __u8 reason)
@@ -133,6 +136,105 @@ static __always_inline int parse_eth(struct ct_cursor *c, struct ct_pkt *pkt, __
 	return 0;
 }
 
+/* IPv4 option kinds that are one byte long; every other option carries its
+ * length in its second byte. */
+#define IPOPT_END  0
+#define IPOPT_NOOP 1
+
+/* The IPv4 option space is at most 40 bytes (IHL 15). */
+#define CT_IPV4_OPT_SPACE 40
+#define CT_IPV4_OPT_SPACE_POW2 64
+
+/* The option bytes, copied out of the packet so that the walk indexes a
+ * buffer of known size: a power of two to mask the position with, and room
+ * for a four-byte read at the last one. Bytes past the options stay 0 (END). */
+struct ct_ipv4_opts {
+	__u8 b[CT_IPV4_OPT_SPACE_POW2 + 4];
+};
+
+/* 0/1 flags computed without branches (a, b below 2^63): the verifier then
+ * walks the option bytes on a single path. The empty asm hides each flag's
+ * operands' ranges from clang, which would otherwise fold the arithmetic back
+ * into compares and branches (BPF has no conditional move). */
+#define ct_opaque(x) asm volatile("" : "+r"(x))
+
+static __always_inline __u64 ct_lt(__u64 a, __u64 b)
+{
+	ct_opaque(a);
+	ct_opaque(b);
+	return (a - b) >> 63;
+}
+
+static __always_inline __u64 ct_is0(__u64 a)
+{
+	return ct_lt(a, 1);
+}
+
+/**
+ * ct_ipv4_options_bad - walk the options as the kernel's ip_options_compile()
+ * does before anything is delivered or forwarded: an option whose length
+ * byte is missing, below 2 or runs past the header end makes a datagram the
+ * IP layer drops, so it must never create an entry. END stops the walk;
+ * what follows it is padding. The per-option content checks (pointer fields
+ * of timestamp and route records) are left to the IP layer, which still
+ * sees the packet.
+ *
+ * One step per option (four NOOPs in a row count as one), with no branch
+ * but the loop's, so the verifier follows a single path through it: a
+ * branching walk cost it hundreds of thousands of instructions.
+ * CT_IPV4_OPT_STEPS (config.h) steps reach the end of any option space.
+ */
+static __always_inline int ct_ipv4_options_bad(const struct ct_ipv4_opts *o, __u64 len)
+{
+	__u64 off = 0, stop = 0, bad = 0;
+
+	for (int i = 0; i < CT_IPV4_OPT_STEPS; i++) {
+		__u64 k = off & (CT_IPV4_OPT_SPACE_POW2 - 1);
+		__u64 t = o->b[k], l = o->b[k + 1];
+		__u32 word;
+		__u64 live, nop4, end, nop, multi, ok, broken;
+
+		__builtin_memcpy(&word, &o->b[k], 4);
+		live = ct_lt(off, len) & (stop ^ 1);
+		nop4 = ct_is0(word ^ 0x01010101);
+		end = ct_is0(t);
+		nop = ct_is0(t ^ IPOPT_NOOP);
+		multi = (end | nop) ^ 1;
+		/* the length byte is there, at least 2, and within the space */
+		ok = ct_lt(off + 1, len) & (ct_lt(l, 2) ^ 1) & (ct_lt(len - off, l) ^ 1);
+		broken = multi & (ok ^ 1);
+		bad |= live & broken;
+		stop |= live & (end | broken);
+		off += live * (nop4 * 4 + (nop4 ^ 1) * (nop + multi * l));
+	}
+	return bad;
+}
+
+/* Copies the option bytes (hlen - 20 of them) with one helper call, not a
+ * loop of bounds checks: the loop's exits were as many verifier states,
+ * each walking the options again. */
+static __always_inline int ipv4_options_ok(const struct ct_cursor *c, const struct iphdr *iph,
+					   __u32 hlen)
+{
+	struct ct_ipv4_opts o = {};
+	__u32 off = (const void *)(iph + 1) - c->data;
+	__u64 n = hlen - sizeof(*iph);
+	long err;
+
+	/* Unlink n from hlen (the verifier would narrow hlen by every use of
+	 * n) and give the helper a size it can prove fits the buffer. */
+	ct_opaque(n);
+	n = ((n - 1) & (CT_IPV4_OPT_SPACE_POW2 - 1)) + 1;
+	if (c->xdp)
+		err = bpf_xdp_load_bytes(c->ctx, off, &o, n);
+	else
+		err = bpf_skb_load_bytes(c->ctx, off, &o, n);
+	/* The header is within the frame (checked by the caller). */
+	if (err)
+		return 0;
+	return !ct_ipv4_options_bad(&o, n);
+}
+
 /**
  * parse_ipv4 - IPv4 header with options. Sets addresses, protocol, l3_len
  * and the datagram end; a non-first fragment is marked UNTRACKED.
@@ -154,6 +256,8 @@ static __always_inline int parse_ipv4(struct ct_cursor *c, struct ct_pkt *pkt)
 	 * than the datagram. */
 	if (tot_len < hlen || c->pos + tot_len > c->end)
 		return parse_fail(pkt, CT_INV_IP_LEN);
+	if (hlen > sizeof(*iph) && !ipv4_options_ok(c, iph, hlen))
+		return parse_fail(pkt, CT_INV_IP_OPTS);
 
 	pkt->t.family = CT_FAMILY_IPV4;
 	pkt->t.proto = iph->protocol;
@@ -478,9 +582,11 @@ static __always_inline int ct_frag_of(const struct ct_pkt *pkt)
  * parse_packet - parse a frame into pkt. Returns 0 when pkt->kind says what
  * to do with it, -1 when it is INVALID (pkt->reason says why).
  */
-static __always_inline int parse_packet(void *data, void *data_end, struct ct_pkt *pkt)
+static __always_inline int parse_packet(void *ctx, int xdp, void *data, void *data_end,
+					struct ct_pkt *pkt)
 {
-	struct ct_cursor c = { .pos = data, .end = data_end, .l3_end = data_end };
+	struct ct_cursor c = { .pos = data, .end = data_end, .l3_end = data_end,
+			       .data = data, .ctx = ctx, .xdp = xdp };
 	__u16 eth_proto;
 	int v6;
 

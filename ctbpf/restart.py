@@ -693,6 +693,19 @@ def register(from_version: int, config=None, counters=None):
     return wrap
 
 
+def _counters_from_layout_1(raw: bytes) -> bytes:
+    """Layout 1 had 48 counters; the invalid reasons from ip_opts on start at 0."""
+    return raw[:8 * 48].ljust(STATS_SIZE, b"\0")
+
+
+# Layout 1 -> 2: ct_stats grew from 48 to 64 counters (CT_INV_IP_OPTS, and
+# room for the window checks' reasons). Keys, entries and ct_config are
+# byte for byte the same.
+@register(1, config=lambda raw: raw, counters=_counters_from_layout_1)
+def _entries_from_layout_1(table: str, key: bytes, entry: bytes) -> tuple[bytes, bytes]:
+    return key, entry
+
+
 # --------------------------------------------------------------------------
 # rebuild: new maps (size or layout), no moment untracked
 

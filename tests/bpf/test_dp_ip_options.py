@@ -149,3 +149,89 @@ def test_ethernet_padding_after_the_datagram_is_fine(tracker):
     frm = P.frame(P.tcp("S")) + b"\0" * 6  # a minimum-size frame's padding
     assert tracker.send(frm).state == "new"
     assert tracker.flow().bytes == (40, 0)
+
+
+# --------------------------------------------------------------------------
+# IPv4 options the kernel's IP layer refuses (ip_options_compile): INVALID
+# with a reason of their own, and no entry
+
+BAD_IPV4_OPTIONS = {
+    # a timestamp option claiming 40 bytes in a 4-byte option space
+    "timestamp-overruns": b"\x44\x28\x05\x00",
+    "length-0": b"\x83\x00\x00\x00",
+    "length-1": b"\x07\x01\x00\x00",
+    # three NOPs, then an option type whose length byte is past the header
+    "length-byte-missing": b"\x01\x01\x01\x07",
+    # a good router-alert option, then a record-route that overruns
+    "second-overruns": b"\x94\x04\x00\x00\x07\x08\x04\x00",
+    # one byte too long for a full 40-byte option space
+    "full-space-plus-one": b"\x07\x29\x04" + b"\0" * 37,
+    # the longest walk (32 steps), broken in its very last option
+    "slowest-walk-last-bad": b"\x01\x01\x01\x88\x02" * 7 + b"\x01\x01\x01\x88\x03",
+}
+
+GOOD_IPV4_OPTIONS = {
+    # END stops the walk: what follows is padding, whatever it holds
+    "end-then-garbage": b"\x00\x28\x05\x00",
+    "nops-then-end": b"\x01\x01\x01\x00",
+    "router-alert": b"\x94\x04\x00\x00",
+    "record-route-exact": b"\x07\x07\x04" + b"\0" * 4 + b"\x00",
+    # one option filling the whole 40-byte option space
+    "full-space": b"\x07\x28\x04" + b"\0" * 37,
+    "ra-then-rr": b"\x94\x04\x00\x00\x07\x07\x04" + b"\0" * 4 + b"\x01",
+    # the longest walk: three NOOPs and a 2-byte option, eight times
+    "slowest-walk": b"\x01\x01\x01\x88\x02" * 8,
+    "nops-then-option": b"\x01" * 36 + b"\x94\x04\x00\x00",
+}
+
+
+def _with_options(opts: bytes, flags: str = "S") -> bytes:
+    assert len(opts) % 4 == 0 and len(opts) <= 40
+    frm = P.frame(P.tcp(flags, options=opts))
+    assert P.header(frm, "ipv4").length == 20 + len(opts)
+    return frm
+
+
+@pytest.mark.parametrize("opts", list(BAD_IPV4_OPTIONS.values()), ids=list(BAD_IPV4_OPTIONS))
+def test_malformed_ipv4_option_is_invalid_and_creates_nothing(tracker, opts):
+    out = tracker.send(_with_options(opts))
+    assert (out.state, out.reason) == ("invalid", "ip_opts"), out
+    assert out.moved("insert") == 0
+    assert tracker.flows() == []
+
+
+@pytest.mark.parametrize("opts", list(GOOD_IPV4_OPTIONS.values()), ids=list(GOOD_IPV4_OPTIONS))
+def test_well_formed_ipv4_options_are_tracked(tracker, opts):
+    out = tracker.send(_with_options(opts))
+    assert out.state == "new", out
+    f = tracker.flow()
+    assert f.state == "SYN_SENT" and (f.orig.src, f.orig.dport) == (P.A4, 80)
+
+
+def test_malformed_option_on_a_tracked_flow_changes_nothing(tracker):
+    d = P.TcpDialog()
+    assert tracker.send(d.frame(ORIG, "S")).state == "new"
+    tracker.age(expires_in=40)
+    bad = P.TcpDialog(options=BAD_IPV4_OPTIONS["timestamp-overruns"])
+    bad.nxt = dict(d.nxt)
+    out = tracker.send(bad.frame(REPLY, "SA"))
+    assert (out.state, out.reason) == ("invalid", "ip_opts"), out
+    f = tracker.flow()
+    assert f.state == "SYN_SENT" and f.packets == (1, 0) and tracker.timeout_is(f, 40)
+
+
+@pytest.mark.parametrize("opts,good", [(BAD_IPV4_OPTIONS["timestamp-overruns"], False),
+                                       (GOOD_IPV4_OPTIONS["ra-then-rr"], True)],
+                         ids=["bad", "good"])
+def test_tc_egress_walks_the_options_too(tracker, opts, good):
+    """The egress program copies the options with bpf_skb_load_bytes (XDP
+    with bpf_xdp_load_bytes): the same walk, the same verdicts."""
+    from ctbpf import bpfsys  # noqa: PLC0415
+
+    run = bpfsys.prog_test_run(tracker.dp.prog_fd("ctbpf_tc_egress"), _with_options(opts))
+    assert run.retval == 0  # TC_ACT_OK: observe mode never drops
+    flows = tracker.flows()
+    if good:
+        assert len(flows) == 1 and flows[0].state == "SYN_SENT", flows
+    else:
+        assert flows == []

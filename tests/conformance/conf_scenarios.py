@@ -794,14 +794,18 @@ MALFORMED_IP_WHY = ("kernel: the IP layer (ip_rcv / ipv6_rcv) drops a datagram w
                     "length or total/payload length is impossible before PREROUTING, so "
                     "conntrack never sees it and no `ct state` counter moves; ctbpf runs before "
                     "any IP layer and counts it INVALID (ip_hdr / ip_len). Neither side creates "
-                    "an entry, and INVALID is the answer a ruleset expects for such a packet.")
+                    "an entry, and INVALID is the answer a ruleset expects for such a packet. "
+                    "An IPv4 option that overruns the header (step 4) passes PREROUTING as NEW "
+                    "and is dropped by ip_options_compile right after it, so the kernel's entry "
+                    "is never confirmed; ctbpf walks the options first: INVALID (ip_opts), no "
+                    "entry either.")
 
 
-@scenario("ip", expected=Expected({1: {"verdict"}, 2: {"verdict"}, 3: {"verdict"}},
-                                  MALFORMED_IP_WHY))
+@scenario("ip", expected=Expected({1: {"verdict"}, 2: {"verdict"}, 3: {"verdict"},
+                                   4: {"verdict"}}, MALFORMED_IP_WHY))
 def sc_malformed_ip(x: Ctx) -> None:
     """IPv4 total length beyond the frame, IPv4 header length 4, IPv6 payload
-    length beyond the frame."""
+    length beyond the frame, an IPv4 option longer than the option space."""
     p = x.new_port()
     b = bytearray(bytes(x.ip("c") / UDP(sport=p, dport=p + 1) / Raw(b"x" * 10)))
     b[2:4] = (len(b) + 20).to_bytes(2, "big")
@@ -811,6 +815,9 @@ def sc_malformed_ip(x: Ctx) -> None:
     b6 = bytearray(bytes(x.ip("c", True) / UDP(sport=p, dport=p + 1) / Raw(b"x" * 10)))
     b6[4:6] = len(b6).to_bytes(2, "big")
     x.send("c", bytes(b6), "c>s ipv6 payload length beyond the frame", expect_kernel=0)
+    x.send("c", x.ip("c", ihl=6, options=b"\x44\x28\x05\x00") /
+           TCP(sport=p, dport=p + 1, flags="S"),
+           "c>s tcp SYN, ipv4 timestamp option of length 40 in 4 bytes")
 
 
 @scenario("ip")

@@ -464,3 +464,56 @@ def test_other_layout_with_a_registered_migration_keeps_every_entry(lab, pin_dir
         mig.stop(signal.SIGINT)
     assert "migrated" in mig.stderr and f"from layout version {fake}" in mig.stderr, mig.stderr
     conns.command("quit")
+
+
+def _make_layout_1(pin_dir: Path) -> None:
+    """Turn a pin set of this build into one of layout 1 as a 1.x build left
+    it: ct_stats of 48 counters (its values kept), version 1 in ct_config."""
+    from ctbpf import restart  # noqa: PLC0415
+
+    path = str(pin_dir / "ct_stats")
+    old = bpfsys.obj_get(path)
+    try:
+        info = bpfsys.map_info(old)
+        raw = restart.read_percpu(old, info.value_size)
+    finally:
+        os.close(old)
+    stride, cpus = len(raw) // bpfsys.possible_cpus(), bpfsys.possible_cpus()
+    v1 = b"".join(bytes(raw[c * stride:c * stride + 48 * 8]) for c in range(cpus))
+    fd = bpfsys.map_create(info.type, 4, 48 * 8, 1)
+    try:
+        restart.write_percpu(fd, v1)
+        os.unlink(path)
+        bpfsys.obj_pin(fd, path)
+    finally:
+        os.close(fd)
+    set_layout_version(pin_dir, 1)
+
+
+def test_layout_1_pins_migrate_to_this_build(lab, pin_dir, start_tracker):
+    """The real migration this build ships (ct_stats grew from 48 to 64
+    counters): entries and counters carried over, nothing asked of the user."""
+    tr, conns = _kept_tracker(lab, pin_dir, start_tracker)
+    before = conns.flows(json.loads(cli(tr, "list", "-o", "json").stdout))
+    stats_before = json.loads(cli(tr, "stats", "-o", "json").stdout)
+    _make_layout_1(pin_dir)
+
+    tr2 = start_tracker(pin_dir)
+    assert layout_version(pin_dir) == abi.LAYOUT_VERSION
+    fd = bpfsys.obj_get(str(pin_dir / "ct_stats"))
+    try:
+        assert bpfsys.map_info(fd).value_size == 8 * abi.const("CT_STAT_MAX")
+    finally:
+        os.close(fd)
+    after = conns.flows(tr2.list_json())
+    assert set(after) == set(before) == conns.ports
+    for f in after.values():
+        assert f["state"] == "ESTABLISHED" and "ASSURED" in f["flags"], f
+    stats = tr2.stats()
+    assert stats["events"]["insert"] >= stats_before["events"]["insert"] > 0
+    assert stats["packets"]["established"] >= stats_before["packets"]["established"] > 0
+    assert stats["invalid"].get("ip_opts") == 0, stats["invalid"]
+    assert conns.check()["ok"] == len(conns.ports)
+    tr2.stop(signal.SIGINT)
+    assert "migrated" in tr2.stderr and "from layout version 1 " in tr2.stderr, tr2.stderr
+    conns.command("quit")
