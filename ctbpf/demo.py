@@ -8,7 +8,11 @@ A short script of steps, each under its own title:
      TCP refused, UDP, ping (IPv4 and IPv6), TCP over IPv6;
   4. show the table as the spec prints it (`ctbpf list`), then
      `conntrack -L`-style with counters, then a few counters;
-  5. say where to look, to do it yourself;
+  5. say where to look, to do it yourself: only commands that work when
+     they are read. With --keep the lab and the tracker stay (the tracker
+     in a session of its own, its log in a file) until `ctbpf demo
+     --cleanup`; on a terminal the demo waits for Enter (at most WAIT_S)
+     before it removes them; otherwise it names --keep;
   6. stop the tracker with SIGINT and remove the lab and the pinned maps.
 
 Bounded: every wait has a deadline, the whole demo takes a few seconds and
@@ -30,13 +34,14 @@ import time
 from pathlib import Path
 
 from .errors import CtbpfError
-from .lab import PACKAGE_ROOT, Lab, LabError
+from .lab import PACKAGE_ROOT, RUN_DIR, Lab, LabError, cleanup_stale
 
 DEADLINE_S = 30.0        # the whole demo, set-up to teardown
 READY_S = 15.0           # ctbpf run: compile, load, attach
 STOP_S = 5.0             # ctbpf run: detach and exit after SIGINT
 STEP_S = 10.0            # any one command
 HOLD_S = 25              # the kept-open TCP connection outlives the demo's traffic
+WAIT_S = 600.0           # on a terminal: how long the lab waits for Enter
 
 # Ports on the server (the lab is new, so they are free).
 TCP_OPEN, TCP_CLOSED, TCP_REFUSED, TCP6, UDP = 8080, 8081, 8082, 8443, 5353
@@ -51,13 +56,18 @@ class _Interrupted(BaseException):
     """SIGTERM while the demo runs: unwind through the cleanup like Ctrl-C."""
 
 
-def main(keep: bool = False) -> int:
-    """Run the demo; 0 on success, 1 (one line on stderr) on failure."""
+def main(keep: bool = False, cleanup: bool = False, interactive: bool | None = None) -> int:
+    """Run the demo (or, with cleanup, remove the labs --keep left); 0 on
+    success, 1 (one line on stderr) on failure."""
     if os.geteuid() != 0:
         print("ctbpf demo: error: needs root (network namespaces and BPF); "
               "run it as root, e.g. `sudo make demo`", file=sys.stderr)
         return 1
-    demo = _Demo(keep)
+    if cleanup:
+        return cleanup_kept()
+    if interactive is None:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    demo = _Demo(keep, interactive)
     rc = 0
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -112,9 +122,62 @@ def _ctbpf_command() -> str:
     return str(script) if script.exists() else f"{sys.executable} -m ctbpf.cli"
 
 
+def _kept_file(prefix: str) -> Path:
+    return RUN_DIR / f"{prefix}.demo.json"
+
+
+def cleanup_kept() -> int:
+    """`ctbpf demo --cleanup`: stop the trackers of the labs `--keep` left,
+    then remove those labs and their maps. One line per lab."""
+    from .loader import remove_pins  # noqa: PLC0415
+
+    found = sorted(RUN_DIR.glob("*.demo.json")) if RUN_DIR.is_dir() else []
+    if not found:
+        print("ctbpf demo: no kept demo lab to remove")
+        return 0
+    rc = 0
+    for path in found:
+        try:
+            kept = json.loads(path.read_text())
+            prefix, pid, pin_dir = kept["prefix"], int(kept["pid"]), Path(kept["pin_dir"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            rc = _fail(f"{path.name}: unreadable ({e}); remove it by hand")
+            continue
+        _stop_pid(pid)
+        cleanup_stale(prefix, force=True)
+        remove_pins(pin_dir)
+        for leftover in (path, Path(kept.get("log", ""))):
+            if leftover.name:
+                leftover.unlink(missing_ok=True)
+        print(f"ctbpf demo: removed lab {prefix}, its tracker (pid {pid}) and {pin_dir}")
+    return rc
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGINT a kept tracker (it detaches and exits), SIGKILL after STOP_S."""
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_S
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class _Demo:
-    def __init__(self, keep: bool) -> None:
+    def __init__(self, keep: bool, interactive: bool = False) -> None:
         self.keep = keep
+        self.interactive = interactive
+        self.log_path: Path | None = None
+        self.log_pos = 0
         self.deadline = time.monotonic() + DEADLINE_S
         self.lab: Lab | None = None
         self.tracker: subprocess.Popen | None = None
@@ -155,6 +218,11 @@ class _Demo:
 
         _title("8. Where to look")
         self.hints()
+        if self.keep:
+            self.hand_over()
+            return
+        if self.interactive:
+            self.wait_for_enter()
 
         _title("9. Stop the tracker (SIGINT) and clean up")
         self.stop_tracker()
@@ -167,29 +235,46 @@ class _Demo:
 
         # The router's default pin dir, as `ip netns exec <router> ctbpf ...` finds it.
         self.pin_dir = pins.bpffs_root(mount=True) / f"ctbpf@{lab.router}"
-        self.tracker = lab.popen("router", [sys.executable, "-m", "ctbpf.cli", "run",
-                                            "--iface", "cli0", "--iface", "srv0"],
-                                 env=lab.traffic_env(), cwd=PACKAGE_ROOT)
+        # Its output goes to a file, not a pipe: a tracker kept by --keep
+        # outlives the demo, and a pipe with no reader would end it.
+        RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.log_path = RUN_DIR / f"{lab.prefix}.demo.log"
+        with open(self.log_path, "w", encoding="utf-8") as out:
+            self.tracker = lab.popen("router", [sys.executable, "-m", "ctbpf.cli", "run",
+                                                "--iface", "cli0", "--iface", "srv0"],
+                                     env=lab.traffic_env(), cwd=PACKAGE_ROOT,
+                                     stdout=out, stderr=subprocess.STDOUT)
         line = self.read_ready_line(min(READY_S, self.left()))
         _say(line)
+
+    def log_lines(self) -> list[str]:
+        """Lines the tracker has written since the last call."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(self.log_pos)
+            text = f.read()
+        done = text.rfind("\n") + 1
+        self.log_pos += len(text[:done].encode())
+        return [line.strip() for line in text[:done].splitlines() if line.strip()]
+
+    def last_log_line(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no message"
+        return lines[-1] if lines else "no message"
 
     def read_ready_line(self, timeout: float) -> str:
         proc = self.tracker
         deadline = time.monotonic() + timeout
         for _ in range(int(timeout * 10) + 2):
-            ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-            if ready:
-                line = proc.stdout.readline().strip()
+            for line in self.log_lines():
                 if line.startswith("ctbpf: tracking on "):
                     return line
-                if line:
-                    raise DemoError(f"unexpected output from ctbpf run: {line}")
             if proc.poll() is not None:
-                err = (proc.stderr.read() or "").strip().splitlines()
-                raise DemoError(f"ctbpf run exited ({proc.returncode}): "
-                                f"{err[-1] if err else 'no message'}")
+                raise DemoError(f"ctbpf run exited ({proc.returncode}): {self.last_log_line()}")
             if time.monotonic() >= deadline:
                 break
+            time.sleep(0.1)
         raise DemoError(f"ctbpf run was not ready within {timeout:.0f} s")
 
     def traffic(self) -> None:
@@ -286,20 +371,44 @@ class _Demo:
     def hints(self) -> None:
         lab, ct = self.lab, _ctbpf_command()
         rtr = f"ip netns exec {lab.router}"
-        _say("Run it yourself, as root (pins are found per network namespace):")
-        _say(f"  {rtr} {ct} run --iface cli0 --iface srv0      # the tracker")
+        if not (self.keep or self.interactive):
+            # Printed after the lab is gone: no command that names it.
+            _say("This lab and its maps are removed when the demo ends. To try it yourself:")
+            _say(f"  {ct} demo --keep       # the same, but the lab and the tracker stay")
+            _say(f"  {ct} demo --cleanup    # then remove them")
+            _say(f"  {ct} run --iface eth0  # on your own host: track an interface")
+            return
+        _say("Try it, as root, in another terminal (pins are found per network namespace):")
         _say(f"  {rtr} {ct} list                # the table, as above")
         _say(f"  {rtr} {ct} list -o conntrack   # with counters")
         _say(f"  {rtr} {ct} stats               # counters, like conntrack -S")
+        _say(f"  {rtr} {ct} events              # NEW, UPDATE, DESTROY as they happen")
         _say(f"  {rtr} {ct} policy --explain    # the firewall, as an nft ruleset")
-        _say(f"  {rtr} curl -s 127.0.0.1:9476/metrics   # metrics: http://127.0.0.1:9476/metrics")
+        _say(f"  {rtr} curl -s 127.0.0.1:9476/metrics   # Prometheus metrics")
         _say(f"  ip netns exec {lab.client} ping {lab.server_ip}   # traffic through the router")
         _say(f"Maps: {self.pin_dir} (bpftool map show pinned {self.pin_dir}/ct_new)")
         if self.keep:
-            _say("The lab and the maps stay (--keep). Remove them with:")
-            _say(f"  {sys.executable} -m ctbpf.lab cleanup; rm -r {self.pin_dir}")
-        else:
-            _say("This lab and its maps are removed when the demo ends.")
+            _say(f"The lab and the tracker stay (--keep); the tracker logs to {self.log_path}.")
+            _say(f"Remove them with: {ct} demo --cleanup")
+
+    def hand_over(self) -> None:
+        """--keep: the tracker and the lab outlive the demo."""
+        pid = self.tracker.pid
+        _kept_file(self.lab.prefix).write_text(json.dumps(
+            {"prefix": self.lab.prefix, "pid": pid, "pin_dir": str(self.pin_dir),
+             "log": str(self.log_path)}) + "\n")
+        self.lab.hand_over(pid)
+        self.tracker = None
+        self.lab = None
+
+    def wait_for_enter(self) -> None:
+        _say(f"Press Enter to stop the tracker and remove the lab "
+             f"(it goes by itself in {WAIT_S / 60:.0f} minutes).")
+        ready, _, _ = select.select([sys.stdin], [], [], WAIT_S)
+        if ready:
+            sys.stdin.readline()
+        # The wait is the user's: the stop gets its own time again.
+        self.deadline = time.monotonic() + STOP_S + STEP_S
 
     def stop_tracker(self) -> None:
         proc, self.tracker = self.tracker, None
@@ -310,8 +419,7 @@ class _Demo:
             self.tracker = proc  # teardown kills it
             raise DemoError(f"ctbpf run did not stop within {STOP_S:.0f} s of SIGINT") from None
         if rc != 0:
-            err = (proc.stderr.read() or "").strip().splitlines()
-            raise DemoError(f"ctbpf run exited {rc}: {err[-1] if err else 'no message'}")
+            raise DemoError(f"ctbpf run exited {rc}: {self.last_log_line()}")
         left = [i for i in ("cli0", "srv0") if self.xdp_on(i)]
         if left:
             raise DemoError(f"XDP still attached to {', '.join(left)} after the tracker stopped")
@@ -326,6 +434,8 @@ class _Demo:
             except subprocess.TimeoutExpired:
                 self.tracker.kill()
                 self.tracker.wait(timeout=STOP_S)
+        if self.log_path is not None and self.lab is not None and not self.keep:
+            self.log_path.unlink(missing_ok=True)
         if self.lab is None:
             return
         if self.keep:

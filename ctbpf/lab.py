@@ -525,6 +525,15 @@ class Lab:
             if p.poll() is None:
                 log.warning("process %d did not die", p.pid)
 
+    def hand_over(self, pid: int) -> None:
+        """Leave the lab running after this process exits, owned by ``pid``
+        (a tracker kept by `ctbpf demo --keep`): stale-lab cleanup leaves it
+        alone while that process lives."""
+        atexit.unregister(self.close)
+        self._closed = True
+        self._procs = []
+        _owner_file(self.prefix).write_text(f"{pid}\n")
+
     def close(self) -> None:
         """Kill the lab's processes and delete its namespaces (and so its
         veths). Idempotent; raises LabError only if a namespace survived."""

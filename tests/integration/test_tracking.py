@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import select
@@ -895,7 +896,10 @@ def test_demo(need_bpf):
     assert [l for l in lines if l.startswith("udp      17 ") and "dport=5353 " in l]
     assert [l for l in lines if l.startswith("icmp     1 ")]
     assert [l for l in lines if l.startswith("icmpv6   58 ")]
-    assert f"ip netns exec {prefix}-rtr " in out and " list" in out and " stats" in out
+    # Printed after the lab is gone: nothing that names it, but the way to keep it.
+    hints = out[out.index("Where to look"):out.index("== 9.")]
+    assert prefix not in hints, hints
+    assert " demo --keep " in hints and " demo --cleanup " in hints, hints
     # Enforce mode: the client still gets out, the server's SYN dies at XDP.
     assert re.search(r"client pings \S+ +-> NEW out, answer back: passes", out)
     assert re.search(r"server connects to \S+ port 2222 +-> NEW from outside: dropped", out)
@@ -907,6 +911,102 @@ def test_demo(need_bpf):
     assert not {f"{prefix}-{r}" for r in ("cli", "rtr", "srv")} & set(list_namespaces())
     assert not Path(f"/sys/fs/bpf/ctbpf@{prefix}-rtr").exists()
     assert not Path(f"/run/ctbpf/{prefix}-rtr").exists()     # the daemon's status dir
+    assert not list(Path("/run/ctbpf-lab").glob(f"{prefix}.demo*"))   # its log
+
+
+def _printed_commands(hints: str) -> list[list[str]]:
+    """The `ip netns exec ...` lines of "Where to look", comments cut, as argv."""
+    cmds = []
+    for line in hints.splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("ip netns exec ") and " ping " not in line:
+            cmds.append(line.split())
+    return cmds
+
+
+def _gone(prefix: str) -> bool:
+    return (not {f"{prefix}-{r}" for r in ("cli", "rtr", "srv")} & set(list_namespaces())
+            and not Path(f"/sys/fs/bpf/ctbpf@{prefix}-rtr").exists())
+
+
+def test_demo_keep_leaves_a_lab_whose_commands_work_until_cleanup(need_bpf):
+    """`ctbpf demo --keep`: every command "Where to look" prints works after
+    the demo has exited; `ctbpf demo --cleanup` stops the tracker and
+    removes the lab, its maps and the tracker's log."""
+    cp = subprocess.run([*CTBPF, "demo", "--keep"], capture_output=True, text=True,
+                        timeout=60, cwd=REPO, env=Lab.traffic_env())
+    kept = {}
+    try:
+        assert cp.returncode == 0 and cp.stderr == "", cp.stderr
+        prefix = _lab_prefix(cp.stdout)
+        hints = cp.stdout[cp.stdout.index("Where to look"):]
+        assert "== 9." not in hints and "Stop the tracker" not in hints, hints
+        assert " demo --cleanup" in hints, hints
+        kept = json.loads(Path(f"/run/ctbpf-lab/{prefix}.demo.json").read_text())
+        os.kill(kept["pid"], 0)     # the tracker outlived the demo
+        cmds = _printed_commands(hints)
+        assert len(cmds) >= 5, hints
+        for argv in cmds:
+            if "curl" in argv:
+                argv = [*argv[:argv.index("curl")], "curl", "-sf", "--max-time", "5",
+                        *argv[argv.index("curl") + 2:]]
+            if argv[-1] == "events":
+                continue   # streams until stopped; test_events covers it
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                 env=Lab.traffic_env())
+            assert run.returncode == 0, (argv, run.stderr)
+            assert run.stdout.strip(), argv
+        time.sleep(1.5)
+        assert "Traceback" not in Path(kept["log"]).read_text()
+    finally:
+        done = subprocess.run([*CTBPF, "demo", "--cleanup"], capture_output=True, text=True,
+                              timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"ctbpf demo: removed lab {prefix}, its tracker "
+                                   f"(pid {kept['pid']}) and /sys/fs/bpf/ctbpf@{prefix}-rtr")
+    assert _gone(prefix)
+    with pytest.raises(ProcessLookupError):
+        os.kill(kept["pid"], 0)
+    assert not list(Path("/run/ctbpf-lab").glob(f"{prefix}.demo*"))
+    again = subprocess.run([*CTBPF, "demo", "--cleanup"], capture_output=True, text=True,
+                           timeout=60, cwd=REPO)
+    assert (again.returncode, again.stdout) == (0, "ctbpf demo: no kept demo lab to remove\n")
+
+
+def test_demo_on_a_terminal_waits_for_enter_with_the_lab_up(need_bpf):
+    """On a terminal the printed commands work while the demo waits; Enter
+    ends it and the lab goes."""
+    import pty  # noqa: PLC0415
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*CTBPF, "demo"], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=REPO, env=Lab.traffic_env(), start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Press Enter" not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                out += os.read(master, 65536)
+        text = out.decode(errors="replace").replace("\r", "")
+        assert "Press Enter" in text, text
+        prefix = _lab_prefix(text)
+        cmds = [c for c in _printed_commands(text[text.index("Where to look"):])
+                if c[-1] in ("list", "stats")]
+        assert len(cmds) == 2, text
+        for argv in cmds:
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                 env=Lab.traffic_env())
+            assert run.returncode == 0 and run.stdout.strip(), (argv, run.stderr)
+        os.write(master, b"\n")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=30)
+        os.close(master)
+    assert _gone(prefix)
 
 
 def test_demo_failure_is_one_line_and_cleans_up(need_bpf, monkeypatch, capsys):
