@@ -138,8 +138,12 @@ static __always_inline int parse_eth(struct ct_cursor *c, struct ct_pkt *pkt, __
 
 /* IPv4 option kinds that are one byte long; every other option carries its
  * length in its second byte. */
+#ifndef IPOPT_END   /* linux/ip.h has them where the kernel headers come along */
 #define IPOPT_END  0
+#endif
+#ifndef IPOPT_NOOP
 #define IPOPT_NOOP 1
+#endif
 
 /* The IPv4 option space is at most 40 bytes (IHL 15). */
 #define CT_IPV4_OPT_SPACE 40
