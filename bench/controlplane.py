@@ -44,8 +44,9 @@ import time
 from array import array
 from pathlib import Path
 
-from ctbpf import abi, bpfsys, formats, occupancy, table
-from ctbpf.loader import Datapath, remove_pins
+from ctbpf import abi
+from ctbpf.datapath import bpfsys, formats, occupancy, table
+from ctbpf.datapath.loader import Datapath, remove_pins
 
 from . import common
 
@@ -104,7 +105,7 @@ reads and counts shows where the time goes.
   `BPF_MAP_LOOKUP_BATCH` to count entries per protocol and TCP state costs
   0.55-0.6 s per million here (about 350 ns per entry, most of it copying
   96 bytes per entry out). The daemon's exporter now counts in the kernel
-  instead: a BPF map-element iterator (`ctbpf/occupancy_iter.py`) walks each
+  instead: a BPF map-element iterator (`ctbpf/datapath/occupancy_iter.py`) walks each
   table and fills a 4,097-counter array, about 0.35 s per million, with the
   batch read kept as the fallback when the iterator cannot load. What would
   make it cheaper still: counts kept by the datapath itself (per-CPU
@@ -210,7 +211,7 @@ def _ctbpf_cmd() -> list[str]:
     venv = ROOT / ".venv" / "bin" / "ctbpf"
     if venv.exists():
         return [str(venv)]
-    return [sys.executable, "-c", "import sys; from ctbpf.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from ctbpf.main import main; sys.exit(main())"]
 
 
 def _count_in_stream(cmd: list[str], needle: bytes, timeout: float) -> int:
@@ -517,7 +518,7 @@ class Exporter:
         if self.made:
             subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
             self.made = False
-            try:   # the daemon's status directory (ctbpf/daemon.py run_dir), left empty
+            try:   # the daemon's status directory (ctbpf/agent/daemon.py run_dir), left empty
                 Path("/run/ctbpf", self.ns).rmdir()
             except OSError:
                 pass
@@ -613,7 +614,7 @@ def _list_figures(ours: CtbpfTable, kernel: KernelTable | None, count: int, runs
 
 
 def _scrape_phases(pin_dir: Path) -> dict:
-    """Where a scrape spends its time: what ctbpf.occupancy does for the
+    """Where a scrape spends its time: what ctbpf.datapath.occupancy does for the
     collector (batch reads of both tables, then the count), in this
     process, one run."""
     t0 = time.perf_counter()
@@ -628,7 +629,7 @@ def _scrape_phases(pin_dir: Path) -> dict:
 
 def _list_phases(pin_dir: Path) -> dict:
     """Where `ctbpf list -o json` spends its time: the steps of
-    ctbpf/commands/list.py done in this process, one run (the rest of the
+    ctbpf/cli/commands/list.py done in this process, one run (the rest of the
     command's wall time is starting Python and writing the text out)."""
     t0 = time.perf_counter()
     for name in table.TABLES:

@@ -1,7 +1,7 @@
 """Per-packet cost of the datapath through BPF_PROG_TEST_RUN (issue 6).
 
 Measured on the real ctbpf_xdp program (bpf/ctbpf.c, loaded with
-ctbpf.loader.Datapath into a private pin directory) beside three
+ctbpf.datapath.loader.Datapath into a private pin directory) beside three
 baselines from bench/bpf/baseline.c, all loaded into this kernel in the
 same run: an empty XDP program, a bare "parse + one hash lookup +
 counter" program and a bare "parse + one LRU insert + counter" program,
@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctbpf import abi, bpfsys, config, stats
-from ctbpf.loader import Datapath, remove_pins
+from ctbpf import abi
+from ctbpf.datapath import bpfsys, configmap, stats
+from ctbpf.datapath.loader import Datapath, remove_pins
 from ctbpf.paths import BPF_DIR
 
 from . import common
@@ -43,7 +44,7 @@ HELP = "per-packet cost of the datapath (BPF_PROG_TEST_RUN) beside empty/bare-lo
 
 NOTES = """\
 **What is measured.** `bench/datapath.py` runs the real `ctbpf_xdp` program
-(`bpf/ctbpf.c`, loaded by `ctbpf.loader.Datapath` into a private pin
+(`bpf/ctbpf.c`, loaded by `ctbpf.datapath.loader.Datapath` into a private pin
 directory) through `BPF_PROG_TEST_RUN` and reads the kernel's own per-run
 duration, which leaves out the system call. In the same run and on the same
 frames it runs three baselines from `bench/bpf/baseline.c`, loaded with BCC:
@@ -546,7 +547,7 @@ class Tracker:
                 # The expiry index's ring, read by the agent's sweeper: read
                 # (and dropped) here the same way, so that new flows always
                 # find room for their registration, as in a running agent.
-                from ctbpf.ringbuf import RingReader  # noqa: PLC0415
+                from ctbpf.datapath.ringbuf import RingReader  # noqa: PLC0415
 
                 fd = bpfsys.obj_get(str(self.pin_dir / "ct_timers"))
                 try:
@@ -576,7 +577,7 @@ class Tracker:
         self.set_tunable("events", int(on))
 
     def set_tunable(self, name: str, value: int) -> None:
-        config.write_values(self.pin_dir, {name: value})
+        configmap.write_values(self.pin_dir, {name: value})
 
     def close(self) -> None:
         if self.timers is not None:
@@ -836,10 +837,10 @@ FAMILIES = ((F4, "IPv4"), (F6, "IPv6"))
 
 
 def check_keys() -> None:
-    """The vectorized keys are the datapath's keys (as ctbpf.flowkey builds them)."""
+    """The vectorized keys are the datapath's keys (as ctbpf.datapath.flowkey builds them)."""
     import ipaddress  # noqa: PLC0415
 
-    from ctbpf.flowkey import key_from_tuple  # noqa: PLC0415
+    from ctbpf.datapath.flowkey import key_from_tuple  # noqa: PLC0415
 
     for fam in (F4, F6):
         for proto in (TCP, UDP):
@@ -848,7 +849,7 @@ def check_keys() -> None:
                                           str(ipaddress.ip_address(fs.server)), proto, SPORT,
                                           fs.dport)
             if bytes(k) != fs.keys(np.array([3])).tobytes() or not src_is_hi:
-                raise RuntimeError("bench key layout differs from ctbpf.flowkey")
+                raise RuntimeError("bench key layout differs from ctbpf.datapath.flowkey")
 
 
 def _measure(args, b: Bench) -> dict:

@@ -187,7 +187,7 @@ class FloodRouter(Router):
         conf = self.tmp / "enforce.toml"
         conf.write_text(ENFORCE_TOML)
         self.pin_dir = BPFFS / f"ctbpf-bench-{self.tag}-{secrets.token_hex(4)}"
-        argv = [sys.executable, "-m", "ctbpf.cli", "run", "--iface", "cli0", "--iface", "srv0",
+        argv = [sys.executable, "-m", "ctbpf", "run", "--iface", "cli0", "--iface", "srv0",
                 "--pin-dir", str(self.pin_dir), "--max", str(self.nf_max),
                 "--xdp-mode", ENFORCE_XDP[config], "--metrics-addr", "none",
                 "--mode", "enforce", "--config", str(conf)]
@@ -230,7 +230,7 @@ class FloodRouter(Router):
         verdict counts."""
         if self.config != "ctbpf" or self.pin_dir is None:
             return None
-        cp = self.lab.exec("router", [sys.executable, "-m", "ctbpf.cli", "policy", "-o", "json",
+        cp = self.lab.exec("router", [sys.executable, "-m", "ctbpf", "policy", "-o", "json",
                                       "--pin-dir", str(self.pin_dir)], timeout=30,
                            env=self.lab.traffic_env(), cwd=ROOT)
         if cp.returncode != 0:
@@ -306,7 +306,7 @@ def _established(r: Router, port: int) -> int:
         cp = r.lab.exec("router", ["conntrack", "-L", "-p", "tcp", "--dport", str(port),
                                    "--state", "ESTABLISHED"], timeout=20)
         return sum(1 for line in cp.stdout.splitlines() if line.startswith("tcp"))
-    cp = subprocess.run([sys.executable, "-m", "ctbpf.cli", "count", "-p", "tcp", "--dport",
+    cp = subprocess.run([sys.executable, "-m", "ctbpf", "count", "-p", "tcp", "--dport",
                          str(port), "--state", "ESTABLISHED", "--pin-dir", str(r.pin_dir)],
                         capture_output=True, text=True, timeout=20, cwd=ROOT,
                         env=r.lab.traffic_env())

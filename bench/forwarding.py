@@ -227,7 +227,7 @@ class Router:
 
     def __init__(self, sinks: dict[str, str] | None = None, nft_track: str = NFT_TRACK,
                  tag: str = "fwd") -> None:
-        from ctbpf.lab import Lab  # noqa: PLC0415
+        from ctbpf.lab.netns import Lab  # noqa: PLC0415
 
         self.lab = Lab()
         self.tag = tag
@@ -314,7 +314,7 @@ class Router:
 
     def _start_ctbpf(self) -> None:
         self.pin_dir = BPFFS / f"ctbpf-bench-{self.tag}-{secrets.token_hex(4)}"
-        argv = [sys.executable, "-m", "ctbpf.cli", "run", "--iface", "cli0", "--iface", "srv0",
+        argv = [sys.executable, "-m", "ctbpf", "run", "--iface", "cli0", "--iface", "srv0",
                 "--pin-dir", str(self.pin_dir), "--max", str(self.nf_max),
                 "--xdp-mode", "auto", "--metrics-addr", "none"]
         self.tracker = self.lab.popen("router", argv, env=self.lab.traffic_env(), cwd=ROOT)
@@ -354,7 +354,7 @@ class Router:
                 self.lab.exec("router", ["ip", "link", "set", "dev", iface, "xdp", "off"],
                               timeout=10)
         if self.pin_dir is not None:
-            from ctbpf.loader import remove_pins  # noqa: PLC0415
+            from ctbpf.datapath.loader import remove_pins  # noqa: PLC0415
 
             remove_pins(self.pin_dir)
             self.pin_dir = None
@@ -367,7 +367,7 @@ class Router:
         if self.config == "nf_conntrack":
             self.lab.exec("router", ["conntrack", "-F"], timeout=30)
         if self.config == "ctbpf" and self.pin_dir is not None:
-            from ctbpf import tableops  # noqa: PLC0415
+            from ctbpf.datapath import tableops  # noqa: PLC0415
 
             tableops.flush(self.pin_dir)
 
@@ -375,7 +375,7 @@ class Router:
         if self.config == "nf_conntrack":
             return int(self._read("router", "/proc/sys/net/netfilter/nf_conntrack_count"))
         if self.config == "ctbpf":
-            from ctbpf import stats  # noqa: PLC0415
+            from ctbpf.datapath import stats  # noqa: PLC0415
 
             return stats.read(self.pin_dir)["entries"]["total"]
         return None
@@ -383,7 +383,7 @@ class Router:
     def ctbpf_stats(self) -> dict | None:
         if self.config != "ctbpf":
             return None
-        from ctbpf import stats  # noqa: PLC0415
+        from ctbpf.datapath import stats  # noqa: PLC0415
 
         return stats.read(self.pin_dir)
 

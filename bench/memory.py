@@ -1,6 +1,6 @@
 """Bytes per tracked flow: the datapath's BPF maps against nf_conntrack (issue 6).
 
-The datapath is loaded (ctbpf.loader.Datapath, private pin directory) with
+The datapath is loaded (ctbpf.datapath.loader.Datapath, private pin directory) with
 `max` equal to this host's nf_conntrack_max and again at 1M; the memory the
 kernel charges for every map it pins (the `memlock` line of
 /proc/self/fdinfo/<map fd>, cross-checked with `bpftool map show --json`
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctbpf import bpfsys
-from ctbpf.loader import Datapath
+from ctbpf.datapath import bpfsys
+from ctbpf.datapath.loader import Datapath
 
 from . import common
 from .datapath import (BPFFS, ENTRY_SIZE, F4, F6, KEY_SIZE, TCP, FlowSet, check, delete_keys,

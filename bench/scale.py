@@ -28,7 +28,7 @@ HELP = "insert rate and established-hit cost with tables of 1k, 100k, 1M and 4M 
 
 NOTES = """\
 **What is measured.** `bench/scale.py` loads the real datapath once per table
-size (1k, 100k, 1M, 4M flows; `max` set through `ctbpf.loader.Datapath` to a
+size (1k, 100k, 1M, 4M flows; `max` set through `ctbpf.datapath.loader.Datapath` to a
 quarter above the size, at least 8,192 above, so inserts find room) and
 fills both tables to that size: `ct_assured` with ESTABLISHED ASSURED TCP
 flows and `ct_new` with SYN_SENT ones, copies of entries made by the

@@ -38,10 +38,12 @@ from array import array
 from pathlib import Path
 from types import SimpleNamespace
 
-from ctbpf import abi, bpfsys, config, stats, tunables
-from ctbpf.loader import Datapath, remove_pins
-from ctbpf.sweeper import (DEFAULT_SLICE_ENTRIES, DEFAULT_SLICE_KEYS, DEFAULT_WALK_INTERVAL,
-                           ENTRY_SIZE, EXPIRES_OFFSET, KEY_SIZE, TABLES, Sweeper, expired_keys)
+from ctbpf import abi, tunables
+from ctbpf.agent.sweepcore import ENTRY_SIZE, EXPIRES_OFFSET, KEY_SIZE, expired_keys
+from ctbpf.agent.sweeper import (DEFAULT_SLICE_ENTRIES, DEFAULT_SLICE_KEYS, DEFAULT_WALK_INTERVAL,
+                                 Sweeper, TABLES)
+from ctbpf.datapath import bpfsys, configmap, stats
+from ctbpf.datapath.loader import Datapath, remove_pins
 
 from .common import plot_bars, spread, target_row
 
@@ -71,7 +73,7 @@ buffer when it creates an entry and whenever an entry's expiry moves
 *earlier* (a TCP state with a shorter timeout). Traffic that only pushes an
 expiry later writes nothing. The sweeper reads the ring through `mmap`
 about once a second (no syscall per record) and files each key under the
-second it comes due (`ctbpf/expiry.py`: one `bytearray` of raw keys per
+second it comes due (`ctbpf/agent/expiry.py`: one `bytearray` of raw keys per
 second). A pass takes the keys now due and hands them, 64 per
 `BPF_PROG_TEST_RUN`, to the sweep program (`bpf/sweep.h`, `CT_SWEEP_DUE`):
 it deletes an entry only if it is still expired (DESTROY event,
@@ -251,7 +253,7 @@ class _Bench:
                 "seed_wall_s": round(seed_s, 3), "seed_cpu_s": round(seed_cpu, 3)}
 
     def set_udp_timeout(self, seconds: int) -> None:
-        config.write_values(self.pin_dir, {"udp_timeout": seconds})
+        configmap.write_values(self.pin_dir, {"udp_timeout": seconds})
 
     def make_expiring(self) -> dict:
         """Create self.expired flows through the datapath with udp_timeout=1,

@@ -8,7 +8,7 @@
 
 /* Is endpoint (a, ap) ordered before (b, bp)? Words compare as host-order
  * integers: any total order works, as long as both directions and the
- * control plane use the same one (ctbpf/flowkey.py mirrors it). */
+ * control plane use the same one (ctbpf/datapath/flowkey.py mirrors it). */
 static __always_inline int flow_endpoint_is_lower(const __u32 *a, __u16 ap,
 						  const __u32 *b, __u16 bp)
 {

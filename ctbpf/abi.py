@@ -13,7 +13,7 @@ import ctypes
 import re
 from pathlib import Path
 
-from .paths import BPF_DIR
+from ctbpf.paths import BPF_DIR
 
 ABI_HEADER = BPF_DIR / "abi.h"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import abi
+from ctbpf import abi
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Remove network namespaces left behind by crashed ctbpf labs (ctbpf/lab.py).
+# Remove network namespaces left behind by crashed ctbpf labs (ctbpf/lab/netns.py).
 #
 # Usage: scripts/cleanup-lab.sh [--force] [--dry-run]
 #

@@ -12,7 +12,7 @@ SYS_PYTHON=/usr/bin/python3
 
 PACKAGES=(python3-bpfcc iputils-ping bpftool iproute2 nftables conntrack python3-venv
           python3-pip make hping3 tcpdump procps ethtool kmod
-          libatomic1    # ctbpf/ringbuf.py: the ring consumer's memory fences (arm64, ppc64le, s390x)
+          libatomic1    # ctbpf/datapath/ringbuf.py: the ring consumer's memory fences (arm64, ppc64le, s390x)
           prometheus vagrant systemd    # tests/deploy: promtool, vagrant validate (and ruby), systemd-analyze
           netsniff-ng python3-matplotlib python3-numpy)   # bench: trafgen, plots, arrays
 PACKAGE_LIST="${PACKAGES[*]}"   # before any kernel-headers package is added

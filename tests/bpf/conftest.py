@@ -26,7 +26,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ctbpf import abi, bpfsys, stats, table, tunables  # noqa: E402
+from ctbpf import abi, tunables  # noqa: E402
+from ctbpf.datapath import bpfsys, stats, table
 from ctbpf.errors import CtbpfError  # noqa: E402
 
 BPFFS = Path("/sys/fs/bpf")
@@ -66,7 +67,7 @@ def _unavailable() -> str | None:
         import bcc  # noqa: F401, PLC0415
     except ImportError:
         return "BCC is missing (Debian python3-bpfcc in a venv with --system-site-packages)"
-    from ctbpf.pins import is_bpffs  # noqa: PLC0415
+    from ctbpf.datapath.pins import is_bpffs  # noqa: PLC0415
 
     if not is_bpffs(BPFFS):
         return f"{BPFFS} is not a BPF filesystem (mount -t bpf bpf {BPFFS})"
@@ -75,7 +76,7 @@ def _unavailable() -> str | None:
 
 @pytest.fixture(scope="session")
 def datapath():
-    from ctbpf.loader import Datapath, remove_pins  # noqa: PLC0415
+    from ctbpf.datapath.loader import Datapath, remove_pins  # noqa: PLC0415
 
     reason = _unavailable()
     if reason:
@@ -230,7 +231,7 @@ class Tracker:
 
     def set(self, **values: int) -> None:
         """Write tunables (by sysctl name); the others keep their current value."""
-        from ctbpf.loader import read_config, write_config  # noqa: PLC0415
+        from ctbpf.datapath.configmap import read_config, write_config  # noqa: PLC0415
 
         unknown = set(values) - set(tunables.BY_NAME)
         assert not unknown, f"unknown tunables {unknown}"
@@ -240,7 +241,7 @@ class Tracker:
 
     def reset(self) -> None:
         """Empty both flow tables, every tunable back to its default."""
-        from ctbpf.loader import write_config  # noqa: PLC0415
+        from ctbpf.datapath.configmap import write_config  # noqa: PLC0415
 
         for name in TABLES:
             keys, _, count = table.read_raw(self.pin_dir, name)

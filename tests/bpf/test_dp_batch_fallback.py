@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ctbpf import bpfsys, features, table
+from ctbpf.datapath import bpfsys, features, table
 
 import packets as P
 

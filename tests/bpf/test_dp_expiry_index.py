@@ -1,5 +1,5 @@
 """The expiry index on the real datapath: what the datapath writes into the
-ct_timers ring (read back through ctbpf.ringbuf's mmap consumer), and the
+ct_timers ring (read back through ctbpf.datapath.ringbuf's mmap consumer), and the
 sweep program's CT_SWEEP_DUE mode.
 
 Invariant under test: every live entry has a record due no later than its
@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from ctbpf import abi, bpfsys, ringbuf
-from ctbpf.expiry import KEY_SIZE, TIMER_SIZE, ExpiryIndex
-from ctbpf.loader import sweep_due_keys
-from ctbpf.ringbuf import RingReader, record_size
+from ctbpf import abi
+from ctbpf.agent.expiry import ExpiryIndex, KEY_SIZE, TIMER_SIZE
+from ctbpf.datapath import bpfsys, ringbuf
+from ctbpf.datapath.ringbuf import RingReader, record_size
+from ctbpf.datapath.sweepprog import sweep_due_keys
 
 import packets as P
 

@@ -226,7 +226,7 @@ def test_malformed_option_on_a_tracked_flow_changes_nothing(tracker):
 def test_tc_egress_walks_the_options_too(tracker, opts, good):
     """The egress program copies the options with bpf_skb_load_bytes (XDP
     with bpf_xdp_load_bytes): the same walk, the same verdicts."""
-    from ctbpf import bpfsys  # noqa: PLC0415
+    from ctbpf.datapath import bpfsys  # noqa: PLC0415
 
     run = bpfsys.prog_test_run(tracker.dp.prog_fd("ctbpf_tc_egress"), _with_options(opts))
     assert run.retval == 0  # TC_ACT_OK: observe mode never drops

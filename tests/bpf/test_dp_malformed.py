@@ -21,7 +21,7 @@ import errno
 import pytest
 
 import packets as P
-from ctbpf import bpfsys
+from ctbpf.datapath import bpfsys
 from scapy.layers.inet import TCP
 
 # --------------------------------------------------------------------------

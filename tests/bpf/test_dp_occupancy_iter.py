@@ -9,8 +9,8 @@ import errno
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ctbpf import features, occupancy
-from ctbpf.metrics import TrackerCollector
+from ctbpf.agent.metrics import TrackerCollector
+from ctbpf.datapath import features, occupancy
 
 import packets as P
 

@@ -8,8 +8,10 @@ import struct
 import pytest
 from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
 
-from ctbpf import abi, bpfsys, policy
+from ctbpf import abi
+from ctbpf.datapath import bpfsys
 from ctbpf.errors import UsageError
+from ctbpf.policy import mapio, model
 
 import packets as P
 
@@ -19,7 +21,7 @@ DROP = abi.const("CT_STAT_DROP")
 
 
 def _pol(**keys):
-    pol, _ = policy.parse_interface_policy("in", "lo", keys, "test")
+    pol, _ = model.parse_interface_policy("in", "lo", keys, "test")
     return pol
 
 
@@ -27,10 +29,10 @@ def _pol(**keys):
 def lo_policy(tracker):
     """set(mode, **keys) puts a policy on lo; removed after the test."""
     def put(mode="enforce", **keys):
-        policy.apply(tracker.pin_dir, policy.PolicySet(mode, [_pol(**keys)]), {"in.lo"})
+        mapio.apply(tracker.pin_dir, model.PolicySet(mode, [_pol(**keys)]), {"in.lo"})
         tracker.verdicts_before = _counts(tracker)
     yield put
-    policy.apply(tracker.pin_dir, policy.PolicySet("observe", []))
+    mapio.apply(tracker.pin_dir, model.PolicySet("observe", []))
 
 
 def arrive(tracker, frm: bytes, ifindex: int = LO) -> int:
@@ -40,7 +42,7 @@ def arrive(tracker, frm: bytes, ifindex: int = LO) -> int:
 
 
 def _counts(tracker) -> dict:
-    return {(s, v): n for name, s, v, n in policy.verdict_counts(tracker.pin_dir)
+    return {(s, v): n for name, s, v, n in mapio.verdict_counts(tracker.pin_dir)
             if name == "in.lo"}
 
 
@@ -119,14 +121,14 @@ def test_neighbour_discovery_passes_whatever_the_policy(tracker, lo_policy):
 
 
 def test_a_policy_judges_only_its_own_direction(tracker):
-    out_only, _ = policy.parse_interface_policy("out", "lo", {"accept": ["established"]}, "t")
-    policy.apply(tracker.pin_dir, policy.PolicySet("enforce", [out_only]))
+    out_only, _ = model.parse_interface_policy("out", "lo", {"accept": ["established"]}, "t")
+    mapio.apply(tracker.pin_dir, model.PolicySet("enforce", [out_only]))
     try:
         # Arriving on lo (XDP, "in"): no policy there, so it passes and is tracked.
         assert arrive(tracker, P.frame(P.udp(P.A4, P.B4, 5000, 53))) == XDP_PASS
         assert len(tracker.entries()) == 1
     finally:
-        policy.apply(tracker.pin_dir, policy.PolicySet("observe", []))
+        mapio.apply(tracker.pin_dir, model.PolicySet("observe", []))
 
 
 def test_default_accept_makes_the_policy_count_only(tracker, lo_policy):
@@ -136,20 +138,20 @@ def test_default_accept_makes_the_policy_count_only(tracker, lo_policy):
 
 
 def test_cutting_established_off_needs_force(tracker):
-    cut = policy.PolicySet("enforce", [_pol(accept=["new"])])
+    cut = model.PolicySet("enforce", [_pol(accept=["new"])])
     with pytest.raises(UsageError, match="force"):
-        policy.apply(tracker.pin_dir, cut)
-    assert policy.read(tracker.pin_dir)[0].policies == []          # nothing written
-    policy.apply(tracker.pin_dir, cut, {"in.lo"})
+        mapio.apply(tracker.pin_dir, cut)
+    assert mapio.read(tracker.pin_dir)[0].policies == []          # nothing written
+    mapio.apply(tracker.pin_dir, cut, {"in.lo"})
     try:
-        assert [p.accept for p in policy.read(tracker.pin_dir)[0].policies] == [{"new"}]
+        assert [p.accept for p in mapio.read(tracker.pin_dir)[0].policies] == [{"new"}]
     finally:
-        policy.apply(tracker.pin_dir, policy.PolicySet("observe", []))
+        mapio.apply(tracker.pin_dir, model.PolicySet("observe", []))
 
 
 def test_the_map_round_trips_the_policy(tracker, lo_policy):
     lo_policy(**SPEC)
-    (got,), = [policy.read(tracker.pin_dir)[0].policies]
+    (got,), = [mapio.read(tracker.pin_dir)[0].policies]
     assert got == _pol(**SPEC)
 
 

@@ -3,7 +3,8 @@ ring buffer, on the real datapath."""
 
 import pytest
 
-from ctbpf import abi, table
+from ctbpf import abi
+from ctbpf.datapath import table
 
 import packets as P
 
@@ -113,7 +114,7 @@ def test_sweep_handles_more_keys_than_one_batch(tracker):
 
 
 def test_user_delete_takes_keys_from_either_table_and_reports_them(tracker, events):
-    from ctbpf.loader import user_delete_keys
+    from ctbpf.datapath.sweepprog import user_delete_keys
 
     _handshake(tracker, 40020)                               # assured
     d = P.TcpDialog(P.A4, P.B4, 40021, 80)

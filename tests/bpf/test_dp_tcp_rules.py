@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 import packets as P
-from ctbpf import bpfsys, tunables
+from ctbpf import tunables
+from ctbpf.datapath import bpfsys
 
 ORIG, REPLY = P.ORIG, P.REPLY
 D = tunables.defaults()

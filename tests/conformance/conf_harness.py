@@ -1,6 +1,6 @@
 """The conformance harness: the kernel's nf_conntrack and ctbpf side by side.
 
-One lab (ctbpf.lab.Lab: client -- router -- server) serves the whole run.
+One lab (ctbpf.lab.netns.Lab: client -- router -- server) serves the whole run.
 In the router namespace:
 
 * the kernel tracks every packet: an nft table (``inet ctbpf_conf``) in the
@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ctbpf import abi, bpfsys, loader, stats, table, tunables
-from ctbpf.lab import Lab, LabError
+from ctbpf import abi, tunables
+from ctbpf.datapath import bpfsys, configmap, loader, stats, table
+from ctbpf.lab.netns import Lab, LabError
 
 REPO = Path(__file__).resolve().parents[2]
 BPFFS = Path("/sys/fs/bpf")
@@ -461,7 +462,7 @@ class Harness:
         raise HarnessError(f"no link-local address on {ifname} in {ns}")
 
     def _start_ctbpf(self) -> None:
-        argv = [sys.executable, "-m", "ctbpf.cli", "run", "--iface", "cli0", "--iface", "srv0",
+        argv = [sys.executable, "-m", "ctbpf", "run", "--iface", "cli0", "--iface", "srv0",
                 "--pin-dir", str(self.pin_dir), "--max", str(MAX_ENTRIES)]
         self.proc = self.lab.popen("router", argv, env=Lab.traffic_env(), cwd=REPO)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -521,7 +522,7 @@ class Harness:
         """Set the same knobs on both sides (kernel sysctls and ct_config)."""
         values = dict(self.values, **changes)
         self.set_kernel_sysctls(values)
-        loader.write_config(self.pin_dir, values)
+        configmap.write_config(self.pin_dir, values)
 
     def reset_tunables(self) -> None:
         self.set_tunables()

@@ -2,7 +2,7 @@
 
 ctbpf judges every packet by its policy in observe mode (the verdict is
 counted in ct_verdicts, the packet passes). The kernel judges the same
-packet with the ruleset `ctbpf.policy.to_nft` writes for that policy, made
+packet with the ruleset `ctbpf.policy.nftables.to_nft` writes for that policy, made
 count-only: every terminal ``drop`` becomes ``counter name "wd_CHAIN"
 accept`` and nothing else changes, so what is compared is to_nft's own
 translation (table, hooks, iifname jumps, state sets, NEW matches, SYN
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ctbpf import policy
+from ctbpf.policy import model, nftables
 
 #: Prefix of the twin tables' names (one table per policy set).
 TWIN_PREFIX = "ctbpf_polv_"
@@ -27,11 +27,11 @@ def counter_name(chain: str) -> str:
     return f"wd_{chain}"
 
 
-def twin_ruleset(ps: policy.PolicySet, table: str) -> tuple[str, dict[str, str]]:
+def twin_ruleset(ps: model.PolicySet, table: str) -> tuple[str, dict[str, str]]:
     """(nft ruleset, {policy name "in.IFACE": counter name}) of to_nft's
     ruleset for `ps` with only its terminal drops rewritten. A chain with no
     drop (default accept) gets no counter: it can never would-drop."""
-    text = policy.to_nft(ps, table=table)
+    text = nftables.to_nft(ps, table=table)
     out, chain, counters = [], None, {}
     seen_table = False
     for line in text.splitlines():
@@ -59,7 +59,7 @@ def twin_ruleset(ps: policy.PolicySet, table: str) -> tuple[str, dict[str, str]]
     # The per-interface chains are named HOOK_IFACE (to_nft's jump targets).
     by_policy = {}
     for p in ps.policies:
-        chain = f"{p.hook}_{policy._chain_id(p.interface)}"
+        chain = f"{p.hook}_{nftables._chain_id(p.interface)}"
         if chain in counters:
             by_policy[p.name] = counters[chain]
         else:
@@ -67,10 +67,10 @@ def twin_ruleset(ps: policy.PolicySet, table: str) -> tuple[str, dict[str, str]]
     return ruleset, by_policy
 
 
-def make_policy(mode: str, **ifaces: dict) -> policy.PolicySet:
+def make_policy(mode: str, **ifaces: dict) -> model.PolicySet:
     """PolicySet(mode, [policy.in.IFACE] tables as the TOML config gives them)."""
     pols = []
     for iface, table in ifaces.items():
-        pol, _ = policy.parse_interface_policy("in", iface, table, f"[policy.in.{iface}]")
+        pol, _ = model.parse_interface_policy("in", iface, table, f"[policy.in.{iface}]")
         pols.append(pol)
-    return policy.PolicySet(mode, pols)
+    return model.PolicySet(mode, pols)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ctbpf.lab import LabError
+from ctbpf.lab.netns import LabError
 
 pytest.importorskip("scapy", reason="scapy is missing (`make setup`)")
 

@@ -1,5 +1,5 @@
 """Enforce mode side by side with the kernel: the same policy, written by
-`ctbpf.policy.to_nft` as an nft ruleset on the kernel's side, gives the
+`ctbpf.policy.nftables.to_nft` as an nft ruleset on the kernel's side, gives the
 same accept/drop decision for every packet of the conformance scenarios.
 
 ctbpf runs in observe mode with the policy applied (`policy.apply`): its
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ctbpf import policy
-from ctbpf.lab import LabError
+from ctbpf.lab.netns import LabError
+from ctbpf.policy import mapio, model, nftables
 
 pytest.importorskip("scapy", reason="scapy is missing (`make setup`)")
 
@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 # the policies
 
 
-def firewall(lab, port: int) -> policy.PolicySet:
+def firewall(lab, port: int) -> model.PolicySet:
     """The spec's firewall: anything from the inside (client), only answers
     from the outside (server)."""
     return make_policy("observe",
@@ -54,7 +54,7 @@ def firewall(lab, port: int) -> policy.PolicySet:
                        srv0={"accept": ["established", "related"]})
 
 
-def restricted(lab, port: int) -> policy.PolicySet:
+def restricted(lab, port: int) -> model.PolicySet:
     """NEW restricted to ports, prefixes and protocols, TCP NEW must be a
     bare SYN (inside); INVALID accepted and a few NEW let in (outside).
     `port` is the first port the scenario will take: the client's port of
@@ -123,7 +123,7 @@ class Twins:
 
     def ctbpf_verdicts(self) -> dict[str, int]:
         with in_netns(self.h.lab.router):
-            rows = policy.verdict_counts(self.h.pin_dir)
+            rows = mapio.verdict_counts(self.h.pin_dir)
         out: dict[str, int] = {}
         for name, state, verdict, n in rows:
             key = f"pol:{name}:{verdict}"
@@ -131,7 +131,7 @@ class Twins:
             out[f"pol:{name}:{state}:{verdict}"] = n
         return out
 
-    def load(self, label: str, ps: policy.PolicySet) -> None:
+    def load(self, label: str, ps: model.PolicySet) -> None:
         """Apply `ps` to ctbpf (observe) and (re)load its twin table."""
         assert ps.mode == "observe"
         table = self.tables[label]
@@ -140,7 +140,7 @@ class Twins:
         self.h.lab.nft("router", ruleset)
         self.counters[label] = counters
         with in_netns(self.h.lab.router):
-            policy.apply(self.h.pin_dir, ps)
+            mapio.apply(self.h.pin_dir, ps)
 
     def close(self) -> None:
         if self.ctbpf_verdicts in self.h.extra_ctbpf_counters:
@@ -150,7 +150,7 @@ class Twins:
         for table in self.tables.values():
             self.h.lab.exec("router", ["nft", "delete", "table", "inet", table])
         with in_netns(self.h.lab.router):
-            policy.apply(self.h.pin_dir, policy.PolicySet())
+            mapio.apply(self.h.pin_dir, model.PolicySet())
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def _run(h, sc: Scenario) -> VerdictRun:
     return run
 
 
-def _compare(sc: Scenario, run: VerdictRun, ps: policy.PolicySet, table: str,
+def _compare(sc: Scenario, run: VerdictRun, ps: model.PolicySet, table: str,
              counters: dict[str, str]) -> PassRecord:
     rec = PassRecord()
     documented = sc.expected.signature() if sc.expected else set()
@@ -234,7 +234,7 @@ def test_policy_verdicts(twins, name):
         rec = _compare(sc, run, ps, twins.tables[label], twins.counters[label])
         RECORDS[(name, label)] = rec
         if rec.problems:
-            what = "; ".join(f"{p.name}: {policy.describe(p)}" for p in ps.policies)
+            what = "; ".join(f"{p.name}: {nftables.describe(p)}" for p in ps.policies)
             failures.append(f"policy {label} ({what}):\n  " + "\n  ".join(rec.problems))
     if failures:
         pytest.fail(f"{sc.doc}\n" + "\n".join(failures) + "\n" + run.result.report(),
@@ -248,7 +248,7 @@ def test_twin_keeps_to_nft_structure():
         client_ip6, server_ip6 = "fd00:9:1::2", "fd00:9:2::2"
     for label, make in POLICIES.items():
         ps = make(FakeLab, 50000)
-        original = policy.to_nft(ps, table="t").splitlines()
+        original = nftables.to_nft(ps, table="t").splitlines()
         twin, counters = twin_ruleset(ps, "t")
         lines = [ln for ln in twin.splitlines() if not ln.strip().startswith("counter wd_")]
         assert len(lines) == len(original), label

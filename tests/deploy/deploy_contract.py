@@ -1,7 +1,7 @@
 """What deploy/ may rely on: the metrics ctbpf exports, and small PromQL
 helpers to check queries against them.
 
-ctbpf/metrics.py does not (yet) publish its list of metric names, so the
+ctbpf/agent/metrics.py does not (yet) publish its list of metric names, so the
 contract is kept here, by hand: the names the dashboard, the alert rules
 and the PodMonitor may use. tests/deploy/test_metrics_contract.py checks it
 against what ctbpf's collector really yields, so a rename on either side
@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
-#: Metric families ctbpf's collector yields (ctbpf/metrics.py), as scraped:
+#: Metric families ctbpf's collector yields (ctbpf/agent/metrics.py), as scraped:
 #: counters with their `_total`, the info metric with its `_info`.
 COLLECTOR_METRICS = frozenset({
     "ctbpf_entries",                    # {table}
@@ -47,7 +47,7 @@ COLLECTOR_METRICS = frozenset({
     "ctbpf_build_info",                 # {version, layout_version}
 })
 
-#: The sweeper's own families (ctbpf/sweeper.py, yielded through the
+#: The sweeper's own families (ctbpf/agent/sweeper.py, yielded through the
 #: collector's `extra`); the duration is a histogram.
 SWEEPER_METRICS = frozenset({
     "ctbpf_sweeper_runs_total",
@@ -68,9 +68,10 @@ EXPORTED = COLLECTOR_METRICS | SWEEPER_METRICS | PROMETHEUS_METRICS
 
 def label_values() -> dict[tuple[str, str], frozenset[str]]:
     """(metric, label) -> the values ctbpf can put there, from the ABI."""
-    from ctbpf import abi, table
+    from ctbpf import abi
+    from ctbpf.datapath import table
 
-    # ctbpf/occupancy.py names the tables after their pinned maps, minus "ct_"
+    # ctbpf/datapath/occupancy.py names the tables after their pinned maps, minus "ct_"
     tables = frozenset(name.removeprefix("ct_") for name in table.TABLES)
     tcp_states = frozenset(abi.TCP_STATE_NAMES.values()) | {""}
     return {

@@ -51,7 +51,7 @@ def parse_run_args(argv: list[str]):
     import contextlib
     import io
 
-    from ctbpf.cli import build_parser
+    from ctbpf.cli.main import build_parser
 
     err = io.StringIO()
     try:
@@ -216,7 +216,7 @@ def test_daemonset_references_resolve(pod):
 
 
 def test_configmap_is_a_valid_ctbpf_config(ctbpf_container, pod):
-    from ctbpf import config
+    from ctbpf.agent import configfile
 
     cm = _one("ConfigMap")
     mount, _ = next((m, v) for m, v in _mounts(ctbpf_container, pod).values() if "configMap" in v)
@@ -225,7 +225,7 @@ def test_configmap_is_a_valid_ctbpf_config(ctbpf_container, pod):
     path = args[args.index("--config") + 1]
     assert Path(path).parent == Path(mount["mountPath"])
     text = cm["data"][Path(path).name]
-    parsed = config.parse_text(text, "configmap.yaml:ctbpf.toml")   # raises on any mistake
+    parsed = configfile.parse_text(text, "configmap.yaml:ctbpf.toml")   # raises on any mistake
     assert parsed is not None
 
 

@@ -2,7 +2,7 @@
 ctbpf's collector really yields: its collect() is run on made-up counters
 and table occupancy (no BPF needed) and the exposition text is parsed.
 
-A rename in ctbpf/metrics.py then fails here rather than silently emptying
+A rename in ctbpf/agent/metrics.py then fails here rather than silently emptying
 a dashboard panel or disarming an alert. The sweeper's families come from
 its SweepStats through the collector's `extra` hook (as the daemon's
 metrics service wires them), fed here with a few observed passes.
@@ -42,12 +42,14 @@ def exposition(monkeypatch, tmp_path) -> str:
     table) and counters (every one reads 7)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from ctbpf import abi, metrics, stats, sweeper, table
+    from ctbpf import abi
+    from ctbpf.agent import metrics, sweepcore
+    from ctbpf.datapath import stats, table
 
     entries = [(6, state) for state in abi.TCP_STATE_NAMES] + [(17, 0), (1, 0)]
     monkeypatch.setattr(table, "read_raw", lambda pin_dir, name: _raw_table(entries))
     monkeypatch.setattr(stats, "read_counters", lambda pin_dir: [7] * stats.COUNT)
-    sweep_stats = sweeper.SweepStats()
+    sweep_stats = sweepcore.SweepStats()
     for duration in (0.002, 0.004, 0.3):
         sweep_stats.observe(duration)
     sweep_stats.passes, sweep_stats.deleted_total, sweep_stats.interval = 3, 12, 4.0

@@ -110,7 +110,7 @@ def test_systemd_analyze_security_exposure(tmp_path):
 
 
 def test_exec_start_is_a_ctbpf_run_command_line(unit):
-    from ctbpf.cli import build_parser
+    from ctbpf.cli.main import build_parser
 
     argv = _exec_start_argv(unit)
     # $CTBPF_ARGS unbraced: systemd splits it into words (${...} would not)
@@ -281,7 +281,7 @@ def _xdp_attached(ns: str, dev: str) -> bool:
 
 def _has_option(option: str, value: str) -> bool:
     """Whether `ctbpf run` accepts `option value`."""
-    from ctbpf.cli import build_parser
+    from ctbpf.cli.main import build_parser
 
     _, unknown = build_parser().parse_known_args(["run", "--iface", "x", option, value])
     return not unknown
@@ -300,7 +300,7 @@ def test_unit_capabilities_run_restart_and_adopt_a_datapath(unit, netns, pin_dir
     spec = ",".join(["-all"] + [f"+{c.removeprefix('CAP_').lower()}" for c in sorted(usable)])
     prefix = ["nsenter", f"--net=/run/netns/{netns}",
               "setpriv", "--bounding-set", spec, "--inh-caps", spec, "--ambient-caps", spec,
-              "--no-new-privs", "--", sys.executable, "-m", "ctbpf.cli"]
+              "--no-new-privs", "--", sys.executable, "-m", "ctbpf"]
     argv = []
     for a in _exec_start_argv(unit):   # the unit's own command line, made local
         if a == "$CTBPF_ARGS":

@@ -5,7 +5,7 @@ Everything here needs root, network namespaces and a kernel that loads BPF.
 Where that is missing the tests skip, except under CI=true where they fail
 with the reason: CI must never pass by skipping.
 
-    lab            a warmed-up ctbpf.lab.Lab (client -- router -- server), closed at teardown
+    lab            a warmed-up ctbpf.lab.netns.Lab (client -- router -- server), closed at teardown
     pin_dir        a unique /sys/fs/bpf/ctbpf-it-<hex> path, unpinned at teardown
     tracker        `ctbpf run --iface cli0 --iface srv0 --pin-dir <pin_dir>` in the router
                    namespace, ready; stopped with SIGINT at teardown (exit 0, XDP gone)
@@ -31,11 +31,11 @@ from typing import Sequence
 
 import pytest
 
-from ctbpf.lab import Lab, list_namespaces, unavailable_reason
+from ctbpf.lab.netns import Lab, list_namespaces, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
-#: How every test runs the CLI (ctbpf/cli.py has `if __name__ == "__main__"`).
-CTBPF = [sys.executable, "-m", "ctbpf.cli"]
+#: How every test runs the CLI (ctbpf/cli/main.py has `if __name__ == "__main__"`).
+CTBPF = [sys.executable, "-m", "ctbpf"]
 #: Seconds a tracker may take to compile, load and attach (BCC: about 1.3 s here).
 READY_TIMEOUT = 20.0
 #: Seconds a tracker may take to detach and exit after SIGINT/SIGTERM.
@@ -146,7 +146,7 @@ def xdp_attached(lab: Lab, iface: str, ns: str = "router") -> bool:
 
 
 def remove_pin_dir(path: Path) -> None:
-    from ctbpf.loader import remove_pins  # noqa: PLC0415
+    from ctbpf.datapath.loader import remove_pins  # noqa: PLC0415
 
     remove_pins(path)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ctbpf.lab import Lab
+from ctbpf.lab.netns import Lab
 
 REPO = Path(__file__).resolve().parents[2]
-CTBPF = [sys.executable, "-m", "ctbpf.cli"]
+CTBPF = [sys.executable, "-m", "ctbpf"]
 MISSING_PIN_DIR = "/sys/fs/bpf/ctbpf-it-missing-" + secrets.token_hex(4)
 
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from ctbpf.lab import Lab, unavailable_reason
-from ctbpf.loader import remove_pins
+from ctbpf.datapath.loader import remove_pins
+from ctbpf.lab.netns import Lab, unavailable_reason
 from pathlib import Path
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -27,7 +27,7 @@ def client_tracker():
         pytest.skip(reason)
     pin_dir = Path(f"/sys/fs/bpf/ctbpf-eg-{secrets.token_hex(4)}")
     with Lab() as lab:
-        proc = lab.popen("client", [sys.executable, "-m", "ctbpf.cli", "run", "--iface", "eth0",
+        proc = lab.popen("client", [sys.executable, "-m", "ctbpf", "run", "--iface", "eth0",
                                     "--egress", "--pin-dir", str(pin_dir)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=lab.traffic_env())
@@ -46,7 +46,7 @@ def client_tracker():
 
 
 def _flows(lab, pin_dir):
-    out = lab.exec("client", [sys.executable, "-m", "ctbpf.cli", "list", "-o", "json",
+    out = lab.exec("client", [sys.executable, "-m", "ctbpf", "list", "-o", "json",
                               "--pin-dir", str(pin_dir)], env=lab.traffic_env())
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

@@ -42,7 +42,7 @@ import pytest
 
 from conftest import (REPO, StderrWatch, Tracker, _a_lab, bpf_unavailable, cannot,
                       lab_unavailable, new_pin_dir, remove_pin_dir)
-from ctbpf.lab import Lab
+from ctbpf.lab.netns import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ctbpf.lab import Lab
+from ctbpf.lab.netns import Lab
 
 from conftest import CTBPF, REPO, run_in
 
@@ -231,9 +231,9 @@ def test_text_lines_and_filters(shared_tracker, events_client):
 def _set_slot(pin_dir, name: str, value: int) -> int:
     """Write one tunable of the running datapath, leaving the others as they
     are; returns the old value."""
-    from ctbpf import config  # noqa: PLC0415
+    from ctbpf.datapath import configmap  # noqa: PLC0415
 
-    return config.write_values(pin_dir, {name: value})[name][0]
+    return configmap.write_values(pin_dir, {name: value})[name][0]
 
 
 def test_destroy_of_an_expired_entry(shared_tracker, events_client):

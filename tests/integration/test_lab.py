@@ -17,16 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ctbpf.lab import (
-    LAB_NAME_RE,
-    Lab,
-    LabError,
-    ROUTER_IFACES,
-    cleanup_stale,
-    list_namespaces,
-    unavailable_reason,
-)
-from ctbpf.labtraffic import parse_result
+from ctbpf.lab.netns import (LAB_NAME_RE, Lab, LabError, ROUTER_IFACES, cleanup_stale,
+                             list_namespaces, unavailable_reason)
+from ctbpf.lab.traffic import parse_result
 
 pytestmark = pytest.mark.netns
 

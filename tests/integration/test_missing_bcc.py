@@ -17,7 +17,7 @@ def test_run_without_bcc_says_what_to_install():
     pin_dir = Path(f"/sys/fs/bpf/ctbpf-nobcc-{secrets.token_hex(4)}")
     # -S: no site-packages, hence no Debian bcc; the package itself from the tree
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run(["/usr/bin/python3", "-S", "-m", "ctbpf.cli", "run", "--iface", "lo",
+    result = subprocess.run(["/usr/bin/python3", "-S", "-m", "ctbpf", "run", "--iface", "lo",
                              "--pin-dir", str(pin_dir), "--metrics-addr", "none"], capture_output=True, text=True, env=env,
                             timeout=30)
     assert result.returncode == 1

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_in
 from test_restart import Conns, all_established, listed, stop_keeping, total_packets, wait_for
 
-from ctbpf import bpfsys
+from ctbpf.datapath import bpfsys
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -39,7 +39,7 @@ def table_size(pin_dir: Path) -> dict[str, int]:
 
 def resize(lab, pin_dir: Path, new_max: int):
     """The resize as users run it (the same function `ctbpf set max=N` calls)."""
-    return run_in(lab, "router", [sys.executable, "-m", "ctbpf.resize", new_max,
+    return run_in(lab, "router", [sys.executable, "-m", "ctbpf.agent.resize", new_max,
                                   "--pin-dir", pin_dir], timeout=180)
 
 
@@ -129,7 +129,7 @@ def test_resize_with_no_daemon_and_at_restart(lab, pin_dir, start_tracker):
 
     # Not from a namespace where the programs are not attached: they would
     # go on tracking into the old maps.
-    cp = run_in(lab, "client", [sys.executable, "-m", "ctbpf.resize", 2048, "--pin-dir", pin_dir],
+    cp = run_in(lab, "client", [sys.executable, "-m", "ctbpf.agent.resize", 2048, "--pin-dir", pin_dir],
                 timeout=180)
     assert cp.returncode == 1, cp
     assert "this network namespace does not attach" in cp.stderr, cp.stderr

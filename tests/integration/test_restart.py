@@ -28,8 +28,9 @@ import pytest
 
 from conftest import Tracker
 
-from ctbpf import abi, bpfsys
-from ctbpf.lab import Lab
+from ctbpf import abi
+from ctbpf.datapath import bpfsys
+from ctbpf.lab.netns import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -384,13 +385,13 @@ def test_second_daemon_on_the_same_maps_is_refused(tracker, run_ctbpf):
 
 MIGRATION = """
 import sys
-from ctbpf import restart
+from ctbpf.agent import migrations
 
-@restart.register({version}, config=lambda raw: raw, counters=lambda raw: raw)
+@migrations.register({version}, config=lambda raw: raw, counters=lambda raw: raw)
 def convert(table, key, entry):
     return key, entry
 
-from ctbpf.cli import main
+from ctbpf.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -469,20 +470,20 @@ def test_other_layout_with_a_registered_migration_keeps_every_entry(lab, pin_dir
 def _make_layout_1(pin_dir: Path) -> None:
     """Turn a pin set of this build into one of layout 1 as a 1.x build left
     it: ct_stats of 48 counters (its values kept), version 1 in ct_config."""
-    from ctbpf import restart  # noqa: PLC0415
+    from ctbpf.datapath import rawmaps  # noqa: PLC0415
 
     path = str(pin_dir / "ct_stats")
     old = bpfsys.obj_get(path)
     try:
         info = bpfsys.map_info(old)
-        raw = restart.read_percpu(old, info.value_size)
+        raw = rawmaps.read_percpu(old, info.value_size)
     finally:
         os.close(old)
     stride, cpus = len(raw) // bpfsys.possible_cpus(), bpfsys.possible_cpus()
     v1 = b"".join(bytes(raw[c * stride:c * stride + 48 * 8]) for c in range(cpus))
     fd = bpfsys.map_create(info.type, 4, 48 * 8, 1)
     try:
-        restart.write_percpu(fd, v1)
+        rawmaps.write_percpu(fd, v1)
         os.unlink(path)
         bpfsys.obj_pin(fd, path)
     finally:

@@ -21,8 +21,8 @@ import pytest
 
 from conftest import (BPFFS, CTBPF, READY_TIMEOUT, REPO, StderrWatch, default_pin_dir,
                       remove_pin_dir, run_in, xdp_attached)
-from ctbpf import pins
-from ctbpf.lab import Lab
+from ctbpf.datapath import pins
+from ctbpf.lab.netns import Lab
 
 STARTING = "is still starting; try again in a moment"
 UDP_SINK = """
@@ -72,7 +72,7 @@ def _ctbpf_runs(lab) -> list[int]:
             ns = os.stat(f"/proc/{name}/ns/net")
         except OSError:
             continue
-        if b"ctbpf.cli" in argv and b"run" in argv and \
+        if b"-m" in argv and b"ctbpf" in argv and b"run" in argv and \
                 (ns.st_dev, ns.st_ino) == (want.st_dev, want.st_ino):
             found.append(int(name))
     return found
@@ -164,10 +164,10 @@ def test_commands_during_start_work_or_say_it_is_starting(router):
 def test_a_command_gives_up_in_one_line_when_the_start_takes_too_long(router, pin_dir):
     """Stand in for a slow start: hold the pin dir's lock as a starting
     daemon does, with no maps and no status file."""
-    from ctbpf import readiness, restart  # noqa: PLC0415
+    from ctbpf.agent import readiness, pinlock  # noqa: PLC0415
 
     pin_dir.mkdir()
-    lock = restart.PinLock(pin_dir)
+    lock = pinlock.PinLock(pin_dir)
     assert lock.try_acquire()
     try:
         assert readiness.state(pin_dir)[0] == "starting"
@@ -319,7 +319,7 @@ def test_the_feature_line_and_metrics(router):
     assert err.count("kernel features:") == 1, err
     for noise in ("Need super-user", "processed 0 insns", "Traceback", "occupancy iterator"):
         assert noise not in err, err
-    from ctbpf import features  # noqa: PLC0415
+    from ctbpf.datapath import features  # noqa: PLC0415
 
     probe, counter = features.probe_iterator()
     if counter is not None:

@@ -20,9 +20,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ctbpf import abi, bpfsys, config, stats, table, tunables
-from ctbpf.loader import read_config, write_config
-from ctbpf.sweeper import KEY_SIZE, Sweeper
+from ctbpf import abi, tunables
+from ctbpf.agent.sweepcore import KEY_SIZE
+from ctbpf.agent.sweeper import Sweeper
+from ctbpf.datapath import bpfsys, configmap, stats, table
+from ctbpf.datapath.configmap import read_config, write_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -144,7 +146,7 @@ def test_quiet_flows_are_swept_from_the_maps_and_live_ones_never(lab, pin_dir, s
 
 @pytest.fixture
 def datapath(pin_dir, need_root):
-    from ctbpf.loader import Datapath, remove_pins  # noqa: PLC0415
+    from ctbpf.datapath.loader import Datapath, remove_pins  # noqa: PLC0415
 
     dp = Datapath(pin_dir, max_entries=4096).load()
     try:
@@ -258,7 +260,7 @@ def _send(dp, sports) -> None:
 
 
 def _set(pin_dir, **values) -> None:
-    config.write_values(pin_dir, values)
+    configmap.write_values(pin_dir, values)
 
 
 def _udp_sports(pin_dir) -> set[int]:
@@ -294,7 +296,7 @@ def test_index_passes_look_only_at_what_is_due(datapath, pin_dir):
 
 
 def test_lost_registrations_make_the_next_pass_rebuild_the_index(pin_dir, need_root):
-    from ctbpf.loader import Datapath, remove_pins  # noqa: PLC0415
+    from ctbpf.datapath.loader import Datapath, remove_pins  # noqa: PLC0415
 
     dp = Datapath(pin_dir, max_entries=4096, timers_bytes=4096).load()   # ~70 records
     try:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ctbpf.lab import Lab
+from ctbpf.lab.netns import Lab
 
 from conftest import CTBPF, REPO, run_in
 
@@ -200,9 +200,10 @@ def test_batch_delete_resumes_after_a_vanished_key_and_follows_moved_flows(share
     the batch resumes after a missing key, a moved flow is deleted where it
     is now, and only what was really deleted is counted. Flows made up in
     TEST-NET-2, written straight into the pinned maps."""
-    from ctbpf import abi, bpfsys, tableops  # noqa: PLC0415
-    from ctbpf.flowkey import key_from_tuple  # noqa: PLC0415
-    from ctbpf.filters import FlowFilter, parse_addr  # noqa: PLC0415
+    from ctbpf import abi  # noqa: PLC0415
+    from ctbpf.datapath import bpfsys, tableops
+    from ctbpf.datapath.flowkey import key_from_tuple  # noqa: PLC0415
+    from ctbpf.cli.filters import FlowFilter, parse_addr  # noqa: PLC0415
 
     pin = shared_tracker.pin_dir
     fds = {t: bpfsys.obj_get(str(pin / t)) for t in ("ct_new", "ct_assured")}

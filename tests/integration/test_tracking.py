@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from ctbpf.lab import Lab, list_namespaces
-from ctbpf.labtraffic import parse_result
+from ctbpf.lab.netns import Lab, list_namespaces
+from ctbpf.lab.traffic import parse_result
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
 REPO = Path(__file__).resolve().parents[2]
-CTBPF = [sys.executable, "-m", "ctbpf.cli"]
+CTBPF = [sys.executable, "-m", "ctbpf"]
 
 # --------------------------------------------------------------------------
 # the spec's listing format
@@ -1012,7 +1012,7 @@ def test_demo_on_a_terminal_waits_for_enter_with_the_lab_up(need_bpf):
 def test_demo_failure_is_one_line_and_cleans_up(need_bpf, monkeypatch, capsys):
     """A step that fails: one line on stderr, exit 1, no namespace, no pins,
     no tracker left running."""
-    from ctbpf import demo  # noqa: PLC0415
+    from ctbpf.lab import demo  # noqa: PLC0415
 
     seen = {}
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ctbpf import abi, loader
+from ctbpf import abi
+from ctbpf.datapath import loader
 
 pytestmark = pytest.mark.bpf
 

@@ -4,9 +4,11 @@ import argparse
 
 import pytest
 
-from ctbpf import cli, pins, tunables
+from ctbpf import tunables
+from ctbpf.cli import main as cli
+from ctbpf.cli.filters import FlowFilter, parse_addr, parse_port, parse_proto, parse_state
+from ctbpf.datapath import pins
 from ctbpf.errors import UsageError
-from ctbpf.filters import FlowFilter, parse_addr, parse_port, parse_proto, parse_state
 
 
 def _args(**kw):

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ctbpf import abi, cli, config, loader, tunables
-from ctbpf.config import ConfigErrors, parse_assignments, parse_text, parse_value
+from ctbpf import abi, tunables
+from ctbpf.agent import configfile, reloader, tuning
+from ctbpf.agent.configfile import ConfigErrors, parse_assignments, parse_text, parse_value
+from ctbpf.cli import configview, main as cli
+from ctbpf.datapath import loader
 from ctbpf.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +125,7 @@ def test_bad_booleans_list_the_allowed_words(raw):
 
 
 def test_unknown_name_with_a_close_match():
-    msg = config.unknown_message("tcp_timeout_establishd")
+    msg = configfile.unknown_message("tcp_timeout_establishd")
     assert msg == "tcp_timeout_establishd: unknown tunable; did you mean tcp_timeout_established?"
 
 
@@ -131,11 +134,11 @@ def test_unknown_name_with_a_close_match():
                                         ("nf_conntrack_max", "max"), ("hashsize", "buckets"),
                                         ("conntrack_max", "max")])
 def test_kernel_spellings_are_pointed_to_ours(name, hint):
-    assert f"did you mean {hint}?" in config.unknown_message(name)
+    assert f"did you mean {hint}?" in configfile.unknown_message(name)
 
 
 def test_unknown_name_without_a_match_lists_the_known_names():
-    msg = config.unknown_message("zzz")
+    msg = configfile.unknown_message("zzz")
     assert msg.startswith("zzz: unknown tunable; known: ")
     assert all(name in msg for name in tunables.ALL_BY_NAME)
 
@@ -185,39 +188,39 @@ def test_set_needs_at_least_one_pair(capsys):
 
 
 def test_limits_on_a_running_tracker():
-    assert config.check_limits({"max": 65536, "buckets": 8192, "tcp_loose": 0}, 65536) == []
-    (p,) = config.check_limits({"max": 131072}, 65536)
+    assert tuning.check_limits({"max": 65536, "buckets": 8192, "tcp_loose": 0}, 65536) == []
+    (p,) = tuning.check_limits({"max": 131072}, 65536)
     assert p.startswith("max: the table size is fixed while the tracker runs (max 65536 now)")
     assert "`ctbpf run --max 131072`" in p
-    (p,) = config.check_limits({"buckets": 100}, 65536)
+    (p,) = tuning.check_limits({"buckets": 100}, 65536)
     assert p.startswith("buckets: ") and "--max 800`" in p
 
 
 def test_set_values_resizes_before_writing_tunables(monkeypatch):
-    import ctbpf.resize as resize
+    import ctbpf.agent.resize as resize
 
     calls = []
-    monkeypatch.setattr(config, "read_max", lambda pin_dir: 65536)
+    monkeypatch.setattr(tuning, "read_max", lambda pin_dir: 65536)
     monkeypatch.setattr(resize, "apply_limits",
                         lambda pin_dir, v: calls.append(("resize", dict(v))) or ["max: resized"])
-    monkeypatch.setattr(config, "write_values",
+    monkeypatch.setattr(tuning, "write_values",
                         lambda pin_dir, v: calls.append(("write", dict(v))) or {})
-    lines = config.set_values(Path("/nowhere"), {"tcp_loose": 0, "max": 1024})
+    lines = tuning.set_values(Path("/nowhere"), {"tcp_loose": 0, "max": 1024})
     assert calls == [("resize", {"tcp_loose": 0, "max": 1024}), ("write", {"tcp_loose": 0})]
     assert lines[0] == "max: resized"
 
 
 def test_set_values_reports_each_change(monkeypatch):
     state = {"tcp_timeout_established": 432000, "tcp_loose": 1}
-    monkeypatch.setattr(config, "read_max", lambda pin_dir: 65536)
+    monkeypatch.setattr(tuning, "read_max", lambda pin_dir: 65536)
 
     def fake_write(pin_dir, values):
         out = {n: (state[n], v) for n, v in values.items()}
         state.update(values)
         return out
 
-    monkeypatch.setattr(config, "write_values", fake_write)
-    lines = config.set_values(Path("/nowhere"), {"tcp_timeout_established": 3600,
+    monkeypatch.setattr(tuning, "write_values", fake_write)
+    lines = tuning.set_values(Path("/nowhere"), {"tcp_timeout_established": 3600,
                                                  "tcp_loose": 1, "max": 65536})
     assert lines == ["tcp_timeout_established: 432000 -> 3600", "tcp_loose: 1 (unchanged)",
                      "max: 65536 (unchanged)"]
@@ -254,10 +257,10 @@ def test_buckets_gives_max_when_max_is_not_given():
 
 def test_effective_max_precedence():
     cfg = parse_text("max = 4096\n")
-    assert config.effective_max(1000, cfg) == 1000      # --max wins
-    assert config.effective_max(None, cfg) == 4096
-    assert config.effective_max(None, parse_text("")) == 65536
-    assert config.effective_max(None, None) == 65536
+    assert configfile.effective_max(1000, cfg) == 1000      # --max wins
+    assert configfile.effective_max(None, cfg) == 4096
+    assert configfile.effective_max(None, parse_text("")) == 65536
+    assert configfile.effective_max(None, None) == 65536
 
 
 @pytest.mark.parametrize("text, expect", [
@@ -320,12 +323,12 @@ def test_toml_syntax_errors_give_the_line():
 
 def test_missing_or_unreadable_file(tmp_path):
     with pytest.raises(UsageError) as e:
-        config.load_file(tmp_path / "nope.toml")
+        configfile.load_file(tmp_path / "nope.toml")
     assert one_line(e.value) == f"config file {tmp_path / 'nope.toml'}: No such file or directory"
     binary = tmp_path / "bin.toml"
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UsageError, match="not UTF-8"):
-        config.load_file(binary)
+        configfile.load_file(binary)
 
 
 def _uncommented(text: str) -> str:
@@ -334,7 +337,7 @@ def _uncommented(text: str) -> str:
 
 def test_the_deployed_file_is_valid_and_changes_nothing():
     text = DEPLOY.read_text()
-    cfg = config.load_file(DEPLOY)
+    cfg = configfile.load_file(DEPLOY)
     assert cfg.tunables == {} and cfg.effective_max() is None
     # Every setting is there, commented, with its default: uncommenting them
     # all gives a valid file that sets every tunable to its default.
@@ -348,13 +351,13 @@ def test_the_deployed_file_is_valid_and_changes_nothing():
 
 
 def _fake_datapath(monkeypatch, values, max_entries=65536, status=None, path=None, text=""):
-    monkeypatch.setattr(config, "read_values", lambda pin_dir: dict(tunables.defaults(), **values))
-    monkeypatch.setattr(config, "read_max", lambda pin_dir: max_entries)
+    monkeypatch.setattr(configview, "read_values", lambda pin_dir: dict(tunables.defaults(), **values))
+    monkeypatch.setattr(configview, "read_max", lambda pin_dir: max_entries)
     if path is not None:
         path.write_text(text)
         status = dict(status or {}, config=str(path), pid=123,
                       config_sha256=parse_text(text).digest)
-    monkeypatch.setattr(config, "daemon_status", lambda pin_dir: status)
+    monkeypatch.setattr(configview, "daemon_status", lambda pin_dir: status)
 
 
 def _sources(desc):
@@ -363,14 +366,14 @@ def _sources(desc):
 
 def test_sources_without_a_file(monkeypatch):
     _fake_datapath(monkeypatch, {"tcp_loose": 0})
-    desc = config.describe(Path("/p"))
+    desc = configview.describe(Path("/p"))
     s = _sources(desc)
     assert s["tcp_loose"] == (0, "set")
     assert s["udp_timeout"] == (30, "default")
     assert s["max"] == (65536, "default") and s["buckets"] == (8192, "default")
     assert desc["config_file"] is None and desc["note"] is None
     assert [r["name"] for r in desc["tunables"]] == list(tunables.ALL_BY_NAME)
-    out = config.text(desc)
+    out = configview.text(desc)
     assert out.splitlines()[0].split() == ["NAME", "VALUE", "DEFAULT", "SOURCE"]
     assert out.splitlines()[-1] == "config file: none"
 
@@ -381,7 +384,7 @@ def test_sources_default_file_set(monkeypatch, tmp_path):
     _fake_datapath(monkeypatch, {"tcp_timeout_established": 7200, "udp_timeout": 30,
                                  "generic_timeout": 60}, max_entries=4096,
                    path=tmp_path / "c.toml", text=text)
-    desc = config.describe(Path("/p"))
+    desc = configview.describe(Path("/p"))
     s = _sources(desc)
     assert s["tcp_timeout_established"] == (7200, "file")
     assert s["icmp_timeout"] == (30, "file")          # the file gives the default value
@@ -390,12 +393,12 @@ def test_sources_default_file_set(monkeypatch, tmp_path):
     assert s["tcp_loose"] == (1, "default")
     assert s["max"] == (4096, "file") and s["buckets"] == (512, "file")
     assert desc["config_file"] == str(tmp_path / "c.toml") and desc["note"] is None
-    assert "config file: " + str(tmp_path / "c.toml") + " (daemon pid 123)" in config.text(desc)
+    assert "config file: " + str(tmp_path / "c.toml") + " (daemon pid 123)" in configview.text(desc)
 
 
 def test_max_from_the_command_line(monkeypatch):
     _fake_datapath(monkeypatch, {}, max_entries=1000)
-    s = _sources(config.describe(Path("/p")))
+    s = _sources(configview.describe(Path("/p")))
     assert s["max"] == (1000, "option") and s["buckets"] == (125, "max/8")
 
 
@@ -404,11 +407,11 @@ def test_a_file_edited_since_it_was_loaded_gets_a_note(monkeypatch, tmp_path):
     _fake_datapath(monkeypatch, {"udp_timeout": 45}, path=path,
                    text="[tunables]\nudp_timeout = 45\n")
     path.write_text("[tunables]\nudp_timeout = 50\n")
-    desc = config.describe(Path("/p"))
+    desc = configview.describe(Path("/p"))
     assert _sources(desc)["udp_timeout"] == (45, "set")
     assert "changed since the daemon read it" in desc["note"] and "kill -HUP 123" in desc["note"]
     path.write_text("[tunables]\nudp_timeout = \"x\"\n")
-    desc = config.describe(Path("/p"))
+    desc = configview.describe(Path("/p"))
     assert desc["note"].startswith("the config file cannot be read now")
 
 
@@ -438,36 +441,36 @@ def test_reload_applies_a_valid_file(monkeypatch, tmp_path, capsys):
         current.update(values)
         return out
 
-    monkeypatch.setattr(config, "write_values", fake_write)
+    monkeypatch.setattr(reloader, "write_values", fake_write)
     daemon = _FakeDaemon()
-    config.Reloader(daemon, path, None, 65536)()
+    reloader.Reloader(daemon, path, None, 65536)()
     assert current == dict(tunables.defaults(), tcp_timeout_established=100)
     err = capsys.readouterr().err.splitlines()
     assert err == [f"ctbpf: reload {path}: tcp_timeout_established: 432000 -> 100",
                    f"ctbpf: reload {path}: udp_timeout: 45 -> 30"]
     assert daemon.status["config_sha256"] == parse_text(path.read_text()).digest
     # again: nothing to do
-    config.Reloader(daemon, path, None, 65536)()
+    reloader.Reloader(daemon, path, None, 65536)()
     assert capsys.readouterr().err == f"ctbpf: reload {path}: no change\n"
     # a new max cannot be applied live: said once, the rest is applied
     path.write_text("max = 1024\n")
-    config.Reloader(daemon, path, None, 65536)()
+    reloader.Reloader(daemon, path, None, 65536)()
     err = capsys.readouterr().err
     assert "max 1024 needs a restart" in err and "tcp_timeout_established: 100 -> 432000" in err
     # unless --max gave the size
-    config.Reloader(daemon, path, 65536, 65536)()
+    reloader.Reloader(daemon, path, 65536, 65536)()
     assert "needs a restart" not in capsys.readouterr().err
 
 
 def test_reload_refuses_a_bad_file_and_writes_nothing(monkeypatch, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[tunables]\ntcp_loose = \"perhaps\"\n")
-    monkeypatch.setattr(config, "write_values", lambda *a: pytest.fail("wrote a bad file"))
+    monkeypatch.setattr(reloader, "write_values", lambda *a: pytest.fail("wrote a bad file"))
     daemon = _FakeDaemon()
     with pytest.raises(UsageError) as e:
-        config.Reloader(daemon, path, None, 65536)()
+        reloader.Reloader(daemon, path, None, 65536)()
     assert one_line(e.value).startswith(f"{path}: [tunables] tcp_loose: expected 0/1")
     assert daemon.status == {}
     path.unlink()
     with pytest.raises(UsageError, match="No such file"):
-        config.Reloader(daemon, path, None, 65536)()
+        reloader.Reloader(daemon, path, None, 65536)()

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from ctbpf import abi, events
-from ctbpf.flowkey import key_from_tuple
+from ctbpf import abi
+from ctbpf.agent import events
+from ctbpf.datapath.flowkey import key_from_tuple
 
 T0 = 5_000 * 1_000_000_000   # the event's timestamp (CLOCK_MONOTONIC ns)
 STAMP = T0 - 400             # the datapath read its clock just before the event's

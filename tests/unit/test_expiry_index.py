@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from ctbpf.expiry import KEY_SIZE, TIMER_EXPIRES_OFFSET, TIMER_SIZE, ExpiryIndex, due_second
-from ctbpf.ringbuf import DISCARD_BIT, record_size
+from ctbpf.agent.expiry import ExpiryIndex, KEY_SIZE, TIMER_EXPIRES_OFFSET, TIMER_SIZE, due_second
+from ctbpf.datapath.ringbuf import DISCARD_BIT, record_size
 
 NS = 1_000_000_000
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from ctbpf import abi, formats
-from ctbpf.flowkey import key_from_tuple
-from ctbpf.table import decode
+from ctbpf import abi
+from ctbpf.datapath import formats
+from ctbpf.datapath.flowkey import key_from_tuple
+from ctbpf.datapath.table import decode
 
 NOW = 10_000 * 1_000_000_000
 F = {name: abi.const(f"CT_F_{name}") for name in ("SEEN_REPLY", "ASSURED", "ORIG_IS_HI")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctbpf.cli import build_parser
+from ctbpf.cli.main import build_parser
 
 
 def parse(*argv: str):

@@ -8,7 +8,9 @@ import struct
 
 import pytest
 
-from ctbpf import abi, restart, stats
+from ctbpf import abi
+from ctbpf.agent import migrations, rebuild
+from ctbpf.datapath import hookswap, stats
 
 
 def counters(**named: int) -> list[int]:
@@ -52,25 +54,25 @@ ASSURED = abi.const("CT_F_ASSURED")
     (17, 0, 0, "ct_new"),
 ])
 def test_a_migrated_entry_goes_where_the_datapath_would_keep_it(proto, state, flags, want):
-    assert restart._table_for("ct_new", key(proto), entry(state, flags)) == want
-    assert restart._table_for("ct_assured", key(proto), entry(state, flags)) == want
+    assert rebuild._table_for("ct_new", key(proto), entry(state, flags)) == want
+    assert rebuild._table_for("ct_assured", key(proto), entry(state, flags)) == want
 
 
 def test_registry():
     with pytest.raises(ValueError):
-        restart.register(abi.LAYOUT_VERSION)(lambda t, k, e: (k, e))
+        migrations.register(abi.LAYOUT_VERSION)(lambda t, k, e: (k, e))
     fake = abi.LAYOUT_VERSION + 4242
     try:
-        restart.register(fake)(lambda t, k, e: None)
-        assert restart.MIGRATIONS[fake].from_version == fake
-        assert restart.MIGRATIONS[fake].convert("ct_new", b"", b"") is None
+        migrations.register(fake)(lambda t, k, e: None)
+        assert migrations.MIGRATIONS[fake].from_version == fake
+        assert migrations.MIGRATIONS[fake].convert("ct_new", b"", b"") is None
     finally:
-        restart.MIGRATIONS.pop(fake, None)
+        migrations.MIGRATIONS.pop(fake, None)
 
 
 def test_rebuild_pin_dir_is_a_legal_bpffs_name(tmp_path):
     # bpffs refuses names with dots ("reserved for future use").
-    name = restart.temp_pin_dir(tmp_path / "ctbpf@ns1").name
+    name = rebuild.temp_pin_dir(tmp_path / "ctbpf@ns1").name
     assert "." not in name and name.startswith("ctbpf@ns1+rebuild-")
 
 
@@ -80,7 +82,7 @@ def test_netlink_attribute_walk():
         return raw + b"\0" * (-len(raw) % 4)
 
     buf = nla(7, b"ctbpf_tc_egress\0") + nla(11, struct.pack("I", 1234)) + nla(3, b"\x01")
-    got = dict(restart._attrs(buf, 0, len(buf)))
+    got = dict(hookswap._attrs(buf, 0, len(buf)))
     assert got[7].rstrip(b"\0") == b"ctbpf_tc_egress"
     assert struct.unpack("I", got[11])[0] == 1234
     assert got[3] == b"\x01"

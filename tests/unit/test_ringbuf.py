@@ -1,4 +1,4 @@
-"""ctbpf.ringbuf's memory ordering: which fences it found, and what it does
+"""ctbpf.datapath.ringbuf's memory ordering: which fences it found, and what it does
 without them (the consumer on real records is tested in
 tests/bpf/test_dp_expiry_index.py)."""
 
@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from ctbpf import ringbuf, sweeper
-from ctbpf.ringbuf import RingReader
+from ctbpf.agent import sweeper
+from ctbpf.datapath import ringbuf
+from ctbpf.datapath.ringbuf import RingReader
 
 
 def test_libatomic_fences_are_found_here():
@@ -34,7 +35,7 @@ def test_without_libatomic_other_architectures_get_no_reader(machine):
     fence, ordering, why = ringbuf._ordering(machine, names=("libctbpf-none.so.1",))
     assert (fence, ordering) == (None, None)
     assert "\n" not in why and machine in why and "install libatomic1" in why
-    assert len(why) < 120      # ctbpf.features cuts a probe's detail there
+    assert len(why) < 120      # ctbpf.datapath.features cuts a probe's detail there
 
 
 def test_a_library_without_the_fence_is_named():
@@ -64,7 +65,7 @@ def test_reader_refuses_and_the_sweeper_walks_the_tables(monkeypatch, tmp_path, 
 
     s = sweeper.Sweeper()
     s.start(Owner())
-    with caplog.at_level(logging.WARNING, logger="ctbpf.sweeper"):
+    with caplog.at_level(logging.WARNING, logger="ctbpf.agent.sweeper"):
         s._sync_ring()
     assert not s.indexed
     assert caplog.messages == [

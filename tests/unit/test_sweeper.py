@@ -9,10 +9,13 @@ import os
 
 import pytest
 
-from ctbpf import abi, cli, sweeper
+from ctbpf import abi
+from ctbpf.agent import sweepcore, sweeper
+from ctbpf.agent.sweepcore import (DURATION_BUCKETS, ENTRY_SIZE, KEY_SIZE, SweepStats,
+                                   expired_indices, expired_keys, gather_keys, next_interval)
+from ctbpf.agent.sweeper import Sweeper, TABLES
+from ctbpf.cli import main as cli
 from ctbpf.errors import UsageError
-from ctbpf.sweeper import (DURATION_BUCKETS, ENTRY_SIZE, KEY_SIZE, TABLES, SweepStats, Sweeper,
-                           expired_indices, expired_keys, gather_keys, next_interval)
 
 NOW = 5_000_000_000_000
 
@@ -42,7 +45,7 @@ def records(expiries: list[int]) -> tuple[bytes, bytes]:
 
 def test_layout_is_what_the_fast_path_expects():
     assert ENTRY_SIZE == ctypes.sizeof(abi.CtEntry) and ENTRY_SIZE % 8 == 0
-    assert sweeper.EXPIRES_OFFSET == abi.CtEntry.expires_ns.offset
+    assert sweepcore.EXPIRES_OFFSET == abi.CtEntry.expires_ns.offset
     assert KEY_SIZE == ctypes.sizeof(abi.CtKey)
     assert [t for _, t in TABLES] == [abi.const("CT_TABLE_NEW"), abi.const("CT_TABLE_ASSURED")]
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from ctbpf import cli, top
-from ctbpf.top import FlowSample, Sample, compute_frame, flow_delta, human, rate, render
+from ctbpf.cli import main as cli, top
+from ctbpf.cli.top import FlowSample, Sample, compute_frame, flow_delta, human, rate, render
 
 STATES = ("new", "established", "related", "invalid", "untracked")
 REASONS = ("tcp_flags", "trunc_l4")
