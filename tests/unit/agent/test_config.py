@@ -15,7 +15,7 @@ from ctbpf.cli import configview, main as cli
 from ctbpf.datapath import loader
 from ctbpf.errors import UsageError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy" / "ctbpf.toml"
 T = tunables.ALL_BY_NAME
 
