@@ -518,7 +518,7 @@ class Exporter:
         if self.made:
             subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
             self.made = False
-            try:   # the daemon's status directory (ctbpf/agent/daemon.py run_dir), left empty
+            try:   # the daemon's status directory (ctbpf/agent/runstatus.py run_dir), left empty
                 Path("/run/ctbpf", self.ns).rmdir()
             except OSError:
                 pass

@@ -158,7 +158,7 @@ def _start(daemon: Daemon, dp, cfg, cli_mode) -> None:
     for line in reloader.apply_policy(pin_dir, cfg, cli_mode):
         # stderr: stdout's first line is the ready line scripts wait for.
         print(f"ctbpf: {line}", file=sys.stderr, flush=True)
-    # What this kernel refuses, found out once (ctbpf/features.py).
+    # What this kernel refuses, found out once (ctbpf/datapath/features.py).
     from ctbpf.datapath.features import KernelFeatures  # noqa: PLC0415
 
     serving = any(s.name == "metrics" for s in daemon.services)
@@ -214,7 +214,7 @@ def _serve(daemon: Daemon, dp, args):
 def run(args) -> int:
     require_root("ctbpf run")
     _check_ifaces(args.iface)
-    # The config file (ctbpf/config.py) is checked before anything is loaded.
+    # The config file (ctbpf/agent/configfile.py) is checked before anything is loaded.
     cfg_path = getattr(args, "config", None)
     cfg = configfile.load_file(os.path.abspath(cfg_path)) if cfg_path else None
     cli_max = _check_sizes(args)
@@ -223,13 +223,13 @@ def run(args) -> int:
     max_given = cli_max is not None or (cfg is not None and cfg.effective_max() is not None)
     pin_dir = pins.resolve(args.pin_dir, mount=True)
     daemon = Daemon(args, pin_dir)
-    # Expired entries reclaimed in batches, DESTROY reported (ctbpf/sweeper.py).
+    # Expired entries reclaimed in batches, DESTROY reported (ctbpf/agent/sweeper.py).
     daemon.add_service(Sweeper(getattr(args, "sweep_min_interval", 1.0),
                                getattr(args, "sweep_max_interval", 30.0),
                                walk_interval=getattr(args, "sweep_walk_interval", 600.0)))
-    # NEW/UPDATE/DESTROY from the ring buffer to `ctbpf events` clients (ctbpf/events.py).
+    # NEW/UPDATE/DESTROY from the ring buffer to `ctbpf events` clients (ctbpf/agent/events.py).
     daemon.add_service(EventRelay())
-    # /metrics, read from the maps at scrape time (ctbpf/metrics.py).
+    # /metrics, read from the maps at scrape time (ctbpf/agent/metrics.py).
     metrics_addr = getattr(args, "metrics_addr", "none")
     if metrics_addr and metrics_addr != "none":
         try:
@@ -238,7 +238,7 @@ def run(args) -> int:
             raise CtbpfError("prometheus-client is missing: `make setup` installs it, or run "
                              "with --metrics-addr none") from None
         daemon.add_service(MetricsService(metrics_addr))
-    # `ctbpf set max=N` asks the daemon to rebuild its tables (ctbpf/resize.py).
+    # `ctbpf set max=N` asks the daemon to rebuild its tables (ctbpf/agent/resize.py).
     daemon.add_service(ResizeService())
     cli_mode = getattr(args, "mode", None)
     if cfg is not None:
@@ -251,7 +251,7 @@ def run(args) -> int:
     try:
         values = cfg.datapath_values() if cfg is not None else None
         # One daemon per pin dir; what is pinned is kept, resized, migrated
-        # or (--discard-state) dropped loudly (ctbpf/restart.py).
+        # or (--discard-state) dropped loudly (ctbpf/agent/adoption.py).
         with pinlock.lock_for_daemon(pin_dir) as lock:
             fresh = rawmaps.inspect(pin_dir) is None
             try:

@@ -151,7 +151,7 @@ class TrackerCollector:
         yield counter("stat_insert_failed", "Entries that could not be created or promoted",
                       c[_STAT["insert_failed"]])
         yield counter("stat_early_drop", "Unassured entries evicted to make room "
-                      "(derived from the books, see ctbpf/stats.py)",
+                      "(derived from the books, see ctbpf/datapath/stats.py)",
                       stats.early_drop(c, self._present))
         yield counter("expired", "Entries removed after their timeout (met on lookup or swept)",
                       c[_STAT["expired_seen"]] + c[_STAT["swept"]])

@@ -4,7 +4,7 @@ while it starts.
 A tracker is starting from the moment `ctbpf run` exists until its ready
 line: first the process alone (imports, compiling), then with the pin
 directory's lock held (loading, pinning, attaching). Its maps appear all at
-once, config written (ctbpf/restart.py pins them in a staging directory
+once, config written (ctbpf/agent/adoption.py pins them in a staging directory
 first), but the commands that read or write them still wait for the
 daemon's status file, which it writes just before the ready line. A command
 run in that window waits up to WAIT_S and then says so in one line, instead

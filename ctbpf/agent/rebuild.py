@@ -347,7 +347,7 @@ class Rebuild:
             c[abi.const("CT_STAT_INSERT")] += sum(
                 1 for t, _ in self._snap.values())
         # Entries that are not carried over leave the books as the datapath's
-        # own removals would, so that early_drop (ctbpf/stats.py) stays exact.
+        # own removals would, so that early_drop (ctbpf/datapath/stats.py) stays exact.
         c[STAT_SWEPT] += self.report.dropped_expired
         c[STAT_DELETE] += self.report.dropped_by_migration
         write_percpu(self._new["ct_stats"], new)

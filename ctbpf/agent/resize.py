@@ -2,7 +2,7 @@
 losing an entry.
 
 A BPF map's size is fixed when it is created, so a new size means new maps:
-ctbpf/restart.py's Rebuild loads a new datapath on maps of the new size
+ctbpf/agent/rebuild.py's Rebuild loads a new datapath on maps of the new size
 under a temporary pin directory, copies every entry, the counters and the
 tunables, swaps the attached programs atomically, carries over what changed
 during the swap and moves the new pins over the old ones. Tracking never

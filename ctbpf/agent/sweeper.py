@@ -2,7 +2,7 @@
 
 Correctness never waits for it (the datapath treats an expired entry as
 absent); it frees table room and reports DESTROY for flows no packet
-revisits. It works from an *expiry index* (ctbpf/expiry.py), so that a pass
+revisits. It works from an *expiry index* (ctbpf/agent/expiry.py), so that a pass
 costs what is due, not what is in the tables:
 
 - The datapath writes a record (key, expiry) into the ct_timers ring when it
@@ -128,7 +128,7 @@ class _Pass:
 
 
 class Sweeper:
-    """A daemon service (see ctbpf/daemon.py) that sweeps expired entries.
+    """A daemon service (see ctbpf/agent/daemon.py) that sweeps expired entries.
 
     start(owner) takes any object with ``pin_dir`` (where the maps are
     pinned) and ``datapath`` (a loaded Datapath, for its sweep program):

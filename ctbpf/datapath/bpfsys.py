@@ -102,7 +102,7 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
     return ret
 
 
-raw_bpf = _bpf   # for the feature probes (ctbpf/features.py)
+raw_bpf = _bpf   # for the feature probes (ctbpf/datapath/features.py)
 
 
 def _addr(buf) -> int:
@@ -187,12 +187,12 @@ def delete(fd: int, key) -> bool:
 # -- batch operations, and their one-element-per-syscall fallback ----------
 #
 # BPF_MAP_*_BATCH (5.6+) read and write thousands of entries per syscall.
-# A kernel that refuses them (ctbpf/features.py probes once, at start) gets
+# A kernel that refuses them (ctbpf/datapath/features.py probes once, at start) gets
 # the same results from BPF_MAP_GET_NEXT_KEY plus one lookup, update or
 # delete per element: slower by the syscall per entry, the same answers.
 
 #: CTBPF_DISABLE=batch,...: features reported as refused without asking
-#: the kernel (tests run the fallbacks with it; see ctbpf/features.py).
+#: the kernel (tests run the fallbacks with it; see ctbpf/datapath/features.py).
 DISABLE_ENV = "CTBPF_DISABLE"
 
 _batch: bool | None = None   # None: not probed yet in this process

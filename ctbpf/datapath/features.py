@@ -9,14 +9,14 @@ tests cover on this kernel:
 
     feature      used for                       fallback when refused
     iterator     occupancy counted in the       batch reads of the tables
-                 kernel (tracing program)       (ctbpf/occupancy.py)
+                 kernel (tracing program)       (ctbpf/datapath/occupancy.py)
     batch        BPF_MAP_*_BATCH reads/writes   one element per syscall
-                                                (ctbpf/bpfsys.py)
+                                                (ctbpf/datapath/bpfsys.py)
     ring_mmap    the expiry index's ring read   every sweep walks the tables
-                 through mmap                   (ctbpf/sweeper.py)
+                 through mmap                   (ctbpf/agent/sweeper.py)
 
 Native XDP and TC are per interface and are found out where ctbpf attaches
-(ctbpf/loader.py): native XDP falls back to generic with one line, and a
+(ctbpf/datapath/loader.py): native XDP falls back to generic with one line, and a
 refused TC egress is a one-line error (there is nothing to fall back to).
 
 CTBPF_DISABLE=iterator,batch,ring_mmap makes the probe report a feature as

@@ -170,7 +170,7 @@ class Datapath:
     _on_event: object = None
     _due_runner: object = None
     # Map ids of flow tables whose ctbpf programs this datapath may replace
-    # where it attaches (adoption, see ctbpf/restart.py): its own pinned
+    # where it attaches (adoption, see ctbpf/agent/adoption.py): its own pinned
     # tables, plus old ones it was rebuilt from or discarded.
     adoptable: set = field(default_factory=set)
     # (interface, kind, replaced program id) for each hook taken over.
@@ -386,7 +386,7 @@ class Datapath:
 
     def take_over(self, other: "Datapath") -> None:
         """Become `other` (a datapath rebuilt on new maps, its programs
-        already swapped in where ours ran, see ctbpf/restart.py) while
+        already swapped in where ours ran, see ctbpf/datapath/hookswap.py) while
         staying the same object, so that whoever holds this one (the daemon's
         services) goes on with the new programs and maps. The attachments
         are unchanged (the same hooks, new programs); the old programs and

@@ -16,7 +16,7 @@ entry is still there until a packet or the sweeper removes it), and
 user_delete is CT_STAT_USER_DELETE (`ctbpf delete` and `flush` delete
 through the pinned sweep program, which counts them). A resize or
 migration carries the counters and books whatever it does not carry over
-(see ctbpf/restart.py), so the sum stays exact across restarts.
+(see ctbpf/agent/rebuild.py), so the sum stays exact across restarts.
 
 It is exact when the datapath is quiet during the read. The counters and
 the tables cannot be read in one instant, so read() reads the counters, the

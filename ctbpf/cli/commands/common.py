@@ -21,7 +21,7 @@ def add_filters(p: argparse.ArgumentParser) -> None:
 
 def existing_pin_dir(args):
     """The pin dir of a running (or kept) tracker in this namespace; waits a
-    few seconds for one that is still starting (ctbpf/readiness.py)."""
+    few seconds for one that is still starting (ctbpf/agent/readiness.py)."""
     from ctbpf.datapath import pins  # noqa: PLC0415
     from ctbpf.agent import readiness
 
