@@ -6,12 +6,15 @@ Each benchmark is a module of this package listed in ORDER, with:
     run(args) -> dict    the measurement; the result is written to
                          bench/results/<date>-<name>.json
     summary(result)      a short text table for the terminal
+    OPT_IN = True        (optional) run only when named, not by a bare
+                         `python -m bench` (dpcompare: it needs another build)
 """
 
 from pathlib import Path
 
 #: Every benchmark, in the order `make bench` runs them. A name whose module
 #: is not written yet is left out, so modules can land one at a time.
-ORDER = ("datapath", "scale", "memory", "sweep", "controlplane", "forwarding", "flood")
+ORDER = ("datapath", "scale", "memory", "sweep", "controlplane", "forwarding", "flood",
+         "dpcompare", "injection")
 
 BENCHMARKS = tuple(n for n in ORDER if (Path(__file__).parent / f"{n}.py").exists())

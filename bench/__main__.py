@@ -51,8 +51,10 @@ def _modules():
 def main(argv: list[str] | None = None) -> int:
     modules = _modules()
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    opt_in = [n for n, mod in modules.items() if getattr(mod, "OPT_IN", False)]
     ap.add_argument("names", nargs="*", metavar="NAME",
-                    help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+                    help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)} but the "
+                         f"opt-in {', '.join(opt_in)})")
     ap.add_argument("--results", type=Path, default=RESULTS, metavar="DIR",
                     help="where the JSON results go (default bench/results)")
     ap.add_argument("--no-save", action="store_true",
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     failed = 0
     days = set()
-    for name in args.names or BENCHMARKS:
+    for name in args.names or [n for n in modules if n not in opt_in]:
         mod = modules[name]
         print(f"== {name}: {mod.HELP}", flush=True)
         started = time.time()

@@ -5,7 +5,8 @@ ctbpf.datapath.loader.Datapath into a private pin directory) beside three
 baselines from bench/bpf/baseline.c, all loaded into this kernel in the
 same run: an empty XDP program, a bare "parse + one hash lookup +
 counter" program and a bare "parse + one LRU insert + counter" program,
-whose maps have the datapath's 40-byte key, 56-byte value and max entries.
+whose maps have the datapath's 40-byte key, struct ct_entry value (120 bytes
+since window tracking; 56 before) and max entries.
 
 Paths, each for IPv4 and IPv6 on minimum-size frames (64 bytes, or the
 headers' size when larger: 74 for IPv6 TCP):
@@ -51,7 +52,7 @@ frames it runs three baselines from `bench/bpf/baseline.c`, loaded with BCC:
 an *empty* XDP program, a *bare lookup* (parse Ethernet / IPv4 or IPv6 / the
 ports, or an ICMP error's quoted header; build the same 40-byte
 `struct ct_key` with the same lo/hi ordering; one lookup in a hash of the
-datapath's size with its 56-byte value; one per-CPU counter) and a *bare
+datapath's size with its `struct ct_entry` value; one per-CPU counter) and a *bare
 insert* (the same parse, one `update` into an LRU hash of the same size).
 Variants run interleaved, in random order, run after run, so drift and the
 other work on the machine hit all alike; each figure is the median of the

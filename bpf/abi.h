@@ -16,7 +16,13 @@
 #ifndef CTBPF_ABI_H
 #define CTBPF_ABI_H
 
-#define CT_LAYOUT_VERSION 2
+#define CT_LAYOUT_VERSION 3
+
+/* Slots of the program arrays through which the entry programs reach their
+ * tracker stages (bpf/scratch.h): this build's are the four from
+ * CT_JUMP_BASE, so that two layouts' programs never call each other. */
+#define CT_JUMP_SLOTS 16
+#define CT_JUMP_BASE 12      /* (CT_LAYOUT_VERSION % 4) * 4, checked in scratch.h */
 
 /* Address families stored in ct_key.family. */
 #define CT_FAMILY_IPV4 4
@@ -72,7 +78,7 @@ enum ct_entry_flag {
 	CT_F_SEEN_REPLY = 1,     /* a reply-direction packet was accepted: clears [UNREPLIED] */
 	CT_F_ASSURED = 2,        /* [ASSURED]; the entry lives in ct_assured */
 	CT_F_ORIG_IS_HI = 4,     /* the opener is the key's hi side */
-	CT_F_CLOSE_INIT = 8,     /* a FIN moved the flow to FIN_WAIT (kernel: IP_CT_TCP_FLAG_CLOSE_INIT) */
+	CT_F_CLOSE_INIT_V2 = 8,  /* layouts 1 and 2 only: CT_TS_CLOSE_INIT now, per side */
 	CT_F_SIMOPEN = 16,       /* SYN_SENT2 was seen: simultaneous open */
 	CT_F_CHALLENGE_ACK = 32, /* a SYN was ignored in LAST_ACK: expect an RFC 5961 challenge ACK */
 	CT_F_PICKED_UP = 64,     /* created mid-stream by tcp_loose */
@@ -97,6 +103,10 @@ enum ct_invalid_reason {
 	CT_INV_ICMP_NO_FLOW = 14, /* ICMP error for a flow we do not track */
 	CT_INV_ICMP_SPOOF = 15,   /* ICMP error whose outer destination is not the flow's sender */
 	CT_INV_IP_OPTS = 16,      /* IPv4 option whose length is missing, below 2 or past the header end */
+	CT_INV_TCP_SEQ_OVER = 17, /* TCP: data beyond what the receiver's window allows */
+	CT_INV_TCP_ACK_OVER = 18, /* TCP: (S)ACK of data the other side never sent */
+	CT_INV_TCP_RST = 19,      /* TCP: RST whose sequence number is below the receiver's ack */
+	CT_INV_TCP_SYNACK_ACK = 20, /* TCP: SYN/ACK acking a sequence number the SYN did not end at */
 	CT_INV_REASON_MAX = 32,   /* room for the window checks' reasons: ct_stats has 32 slots */
 };
 
@@ -125,6 +135,7 @@ enum ct_stat {
 	CT_STAT_TIMER_LOST = 19,    /* expiry registrations ct_timers had no room for */
 	CT_STAT_DROP = 20,          /* packets dropped by the policy (enforce mode) */
 	CT_STAT_DROP_TABLE_FULL = 21, /* NEW packets dropped: no room for their entry (enforce) */
+	CT_STAT_NO_TRACKER = 22,    /* frames passed untracked: the tracker program's slot was empty */
 	CT_STAT_INVALID_BASE = 32,
 	CT_STAT_MAX = 64,         /* CT_STAT_INVALID_BASE + CT_INV_REASON_MAX */
 };
@@ -155,6 +166,7 @@ enum ct_cfg {
 	CT_CFG_EVENTS = 20,          /* 1: emit NEW/UPDATE/DESTROY events into ct_events */
 	CT_CFG_POLICIES = 21,        /* elements in ct_policy; 0 spares every packet the lookup */
 	CT_CFG_ACCT = 22,            /* 1: count packets and bytes per flow (nf_conntrack_acct) */
+	CT_CFG_TCP_IGNORE_INVALID_RST = 23, /* 1: a RST below the window is accepted, not INVALID */
 	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
 	CT_CFG_MAX = 32,
 };
@@ -178,6 +190,29 @@ struct ct_key {
 	__u16 icmp_query;
 };
 
+/* What the kernel keeps per direction to check windows (struct
+ * ip_ct_tcp_state); sequence numbers in host order. */
+struct ct_tcp_side {
+	__u32 td_end;     /* highest seq + len this side sent */
+	__u32 td_maxend;  /* highest ack + window the other side allowed it */
+	__u32 td_maxwin;  /* largest window this side advertised, scaled */
+	__u32 td_maxack;  /* highest ack this side sent */
+	__u8 td_scale;    /* window scale this side announced */
+	__u8 flags;       /* enum ct_tcp_side_flag */
+	__u8 pad[6];      /* 24 bytes: each side's td_end and td_maxend are 8-aligned */
+};
+
+/* ct_tcp_side.flags, the kernel's IP_CT_TCP_FLAG_* values. */
+enum ct_tcp_side_flag {
+	CT_TS_WINDOW_SCALE = 0x01,  /* a window scale option was seen */
+	CT_TS_SACK_PERM = 0x02,     /* SACK permitted */
+	CT_TS_CLOSE_INIT = 0x04,    /* this side sent the FIN that began the close */
+	CT_TS_BE_LIBERAL = 0x08,    /* picked up mid-stream: only RSTs are checked */
+	CT_TS_DATA_UNACK = 0x10,    /* data sent and not yet acknowledged */
+	CT_TS_MAXACK_SET = 0x20,    /* td_maxack holds an ack */
+	CT_TS_RESYNC = 0x40,        /* ctbpf's own: copied by a rebuild, liberal until reconciled */
+};
+
 /*
  * One tracked flow. Times are ct_now() (CLOCK_MONOTONIC, ns), so an
  * entry's expiry is absolute and survives an agent restart unchanged.
@@ -192,6 +227,14 @@ struct ct_entry {
 	__u8 flags;         /* enum ct_entry_flag bits */
 	__u8 last_class;    /* TCP: enum ct_tcp_class of the last tracked segment */
 	__u8 last_dir;      /* TCP: enum ct_dir of the last tracked segment */
+	struct ct_tcp_side side[2]; /* TCP: each direction's window, indexed by enum ct_dir */
+	__u32 last_seq;     /* TCP: the last tracked segment's seq, ack and raw window, */
+	__u32 last_ack;     /*   to count retransmissions (kernel: ip_ct_tcp.last_*) */
+	__u16 last_win;
+	__u8 last_wscale;   /* an ignored SYN's window scale and side flags, for a resync */
+	__u8 last_flags;
+	__u8 retrans;       /* identical ACK segments in a row */
+	__u8 pad[3];        /* explicit: the entry is a multiple of 8 bytes (120) */
 };
 
 /* What an event reports, as `conntrack -E` does. */

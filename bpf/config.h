@@ -30,8 +30,17 @@
 #define CT_IPV4_OPT_STEPS 32
 #endif
 
-/* Bytes of the event ring buffer (a power of two, pages). At about 120 bytes
- * an event, 1 MiB holds some 8,000 events between two reads. */
+/* Steps of the TCP option walk, counted as for IPv4: 40 bytes of option
+ * space, at most 32 steps. */
+#ifndef CT_TCP_OPT_STEPS
+#define CT_TCP_OPT_STEPS 32
+#endif
+
+/* Steps after which the walk stops when it is done (see tcp_options_walk). */
+#ifndef CT_TCP_OPT_FAST_STEPS
+#define CT_TCP_OPT_FAST_STEPS 8
+#endif
+
 /* Fragmented datagrams whose first fragment's verdict the later ones
  * follow (enforce mode): an LRU, so a flood of fragments only pushes out
  * other fragments' verdicts. */
@@ -39,6 +48,9 @@
 #define CT_FRAG_ENTRIES 8192
 #endif
 
+/* Bytes of the event ring buffer (a power of two, pages). At 184 bytes an
+ * event with the ring's header, 1 MiB holds some 5,700 events between two
+ * reads. */
 #ifndef CT_EVENTS_BYTES
 #define CT_EVENTS_BYTES (1 << 20)
 #endif

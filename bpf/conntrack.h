@@ -9,6 +9,9 @@
 /* ct_process() result for frames that carry no user-land state. */
 #define CT_PKT_NONE 0xff
 
+/* ct_process() result for the frame of a flow: the tracker program judges it. */
+#define CT_VERDICT_FLOW 0x10
+
 static __always_inline void ct_count(struct ct_counters *st, int idx)
 {
 	if (idx >= 0 && idx < CT_STAT_MAX)
@@ -178,16 +181,14 @@ static __always_inline int ct_is_closing(const struct ct_key *key, const struct 
 static __always_inline void ct_move(struct ct_key *key, struct ct_entry *e, int in_assured,
 				    struct ct_counters *st)
 {
-	struct ct_entry copy = *e;
-
 	if (in_assured) {
-		if (ct_new.update(key, &copy) == 0) {
+		if (ct_new.update(key, e) == 0) {
 			ct_assured.delete(key);
 			ct_count(st, CT_STAT_DEMOTE);
 		}
 		return;
 	}
-	if (ct_assured.update(key, &copy) == 0) {
+	if (ct_assured.update(key, e) == 0) {
 		ct_new.delete(key);
 		ct_count(st, CT_STAT_PROMOTE);
 	} else {
@@ -204,28 +205,27 @@ static __always_inline int ct_known_state(int dir, int seen_reply)
 }
 
 static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct ct_pkt *pkt,
-				     const struct ct_config *cfg, __u64 now,
+				     struct ct_entry *ne, const struct ct_config *cfg, __u64 now,
 				     struct ct_counters *st, struct ct_vctx *vc)
 {
-	struct ct_entry ne = {};
-
 	if (!ct_can_start(pkt, cfg))
 		return ct_invalid(st, pkt->reason);
-	ne.created_ns = now;
-	ne.last_class = CT_CLASS_NONE;
+	__builtin_memset(ne, 0, sizeof(*ne));
+	ne->created_ns = now;
+	ne->last_class = CT_CLASS_NONE;
 	if (src_is_hi)
-		ne.flags |= CT_F_ORIG_IS_HI;
+		ne->flags |= CT_F_ORIG_IS_HI;
 	if (pkt->t.proto == IPPROTO_TCP && pkt->tcp_flags & TCPF_ACK && !(pkt->tcp_flags & TCPF_SYN))
-		ne.flags |= CT_F_PICKED_UP;
-	if (ct_track_proto(&ne, pkt, CT_DIR_ORIGINAL, cfg, now) == CT_TRACK_INVALID)
+		ne->flags |= CT_F_PICKED_UP;
+	if (ct_track_proto(ne, pkt, CT_DIR_ORIGINAL, cfg, now) == CT_TRACK_INVALID)
 		return ct_invalid(st, pkt->reason);
-	ne.packets[0] = 1;
-	ne.bytes[0] = pkt->l3_len;
+	ne->packets[0] = 1;
+	ne->bytes[0] = pkt->l3_len;
 	if (ct_refuse(vc, CT_PKT_NEW, pkt)) {
 		ct_count(st, CT_STAT_PKT_NEW);
 		return CT_PKT_NEW;
 	}
-	if (ct_new.update(key, &ne) != 0) {
+	if (ct_new.update(key, ne) != 0) {
 		ct_count(st, CT_STAT_INSERT_FAILED);
 		/* The kernel's "table full, dropping packet", in enforce mode. */
 		if (vc->pol && (vc->pol->flags & CT_POL_ENFORCE)) {
@@ -234,35 +234,35 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		}
 	} else {
 		ct_count(st, CT_STAT_INSERT);
-		ct_register(key, ne.expires_ns, st);
-		ct_emit(cfg, st, key, &ne, CT_EVENT_NEW, CT_DESTROY_NONE);
+		ct_register(key, ne->expires_ns, st);
+		ct_emit(cfg, st, key, ne, CT_EVENT_NEW, CT_DESTROY_NONE);
 	}
 	ct_count(st, CT_STAT_PKT_NEW);
 	return CT_PKT_NEW;
 }
 
-static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_config *cfg,
-					 struct ct_counters *st, struct ct_vctx *vc)
-{
-	struct ct_key key = {};
-	int src_is_hi = flow_key_from_tuple(&pkt->t, &key);
-	__u64 now = ct_now();
-	int in_assured = 0;
-	struct ct_entry *e = ct_find(&key, now, &in_assured, cfg, st);
-	int dir, seen_reply, state, assured;
-	__u8 old_state, old_flags;
-	__u64 old_expires;
+/* ct_track_known() result: the entry was closed for a reopening SYN, which
+ * now starts a new flow (the fresh-flow stage). */
+#define CT_PKT_REOPEN 0xfe
 
-	if (!e)
-		return ct_create(&key, src_is_hi, pkt, cfg, now, st, vc);
+/**
+ * ct_track_known - one packet of a flow whose live entry `e` was found in
+ * ct_assured (in_assured, a constant in each stage) or ct_new. Returns the
+ * packet's user-land state, or CT_PKT_REOPEN.
+ */
+static __always_inline int ct_track_known(struct ct_key *key, int src_is_hi, struct ct_entry *e,
+					  int in_assured, struct ct_pkt *pkt,
+					  const struct ct_config *cfg, struct ct_counters *st,
+					  struct ct_vctx *vc, __u64 now)
+{
+	int dir = flow_dir(e, src_is_hi);
+	int seen_reply = e->flags & CT_F_SEEN_REPLY;
+	int state = ct_known_state(dir, seen_reply);
+	__u8 old_state = e->state, old_flags = e->flags;
+	__u64 old_expires = e->expires_ns;
+	int assured, counted = 1;
 
 	ct_count(st, CT_STAT_FOUND);
-	dir = flow_dir(e, src_is_hi);
-	seen_reply = e->flags & CT_F_SEEN_REPLY;
-	state = ct_known_state(dir, seen_reply);
-	old_state = e->state;
-	old_flags = e->flags;
-	old_expires = e->expires_ns;
 	/* Refused in this state: the entry must not see the packet at all. */
 	if (ct_refuse(vc, state, pkt)) {
 		ct_count(st, state == CT_PKT_NEW ? CT_STAT_PKT_NEW : CT_STAT_PKT_ESTABLISHED);
@@ -271,34 +271,44 @@ static __always_inline int ct_track_flow(struct ct_pkt *pkt, const struct ct_con
 
 	switch (ct_track_proto(e, pkt, dir, cfg, now)) {
 	case CT_TRACK_INVALID:
+		/* The state stays; only the kernel's shorter timeout for an
+		 * ASSURED flow answered by an out-of-window FIN or RST may
+		 * have been applied (tcp_handle_invalid). */
+		if (e->expires_ns < old_expires)
+			ct_register(key, e->expires_ns, st);
 		return ct_invalid(st, pkt->reason);
 	case CT_TRACK_REOPEN:
 		if (ct_refuse(vc, CT_PKT_NEW, pkt)) {
 			ct_count(st, CT_STAT_PKT_NEW);
 			return CT_PKT_NEW;
 		}
-		ct_destroy(&key, e, in_assured, CT_DESTROY_REOPEN, CT_STAT_DELETE, cfg, st);
-		return ct_create(&key, src_is_hi, pkt, cfg, now, st, vc);
+		ct_destroy(key, e, in_assured, CT_DESTROY_REOPEN, CT_STAT_DELETE, cfg, st);
+		return CT_PKT_REOPEN;
 	case CT_TRACK_DELETE:
-		ct_destroy(&key, e, in_assured, CT_DESTROY_RST, CT_STAT_DELETE, cfg, st);
+		ct_destroy(key, e, in_assured, CT_DESTROY_RST, CT_STAT_DELETE, cfg, st);
 		break;
 	case CT_TRACK_KEEP:
 		ct_count(st, CT_STAT_IGNORED);
 		/* fallthrough */
+	case CT_TRACK_NOREFRESH:
+		/* The kernel counts a packet where it refreshes the entry
+		 * (nf_ct_refresh_acct): ignored ones are passed uncounted. */
+		counted = 0;
+		/* fallthrough */
 	default:
-		if (cfg->value[CT_CFG_ACCT])
+		if (counted && cfg->value[CT_CFG_ACCT])
 			ct_account(e, pkt, dir);
 		if (dir == CT_DIR_REPLY && !seen_reply)
 			e->flags |= CT_F_SEEN_REPLY;
 		if (e->state != old_state ||
 		    ((e->flags ^ old_flags) & (CT_F_SEEN_REPLY | CT_F_ASSURED)))
-			ct_emit(cfg, st, &key, e, CT_EVENT_UPDATE, CT_DESTROY_NONE);
+			ct_emit(cfg, st, key, e, CT_EVENT_UPDATE, CT_DESTROY_NONE);
 		/* Only an earlier expiry needs a record: see struct ct_timer. */
 		if (e->expires_ns < old_expires)
-			ct_register(&key, e->expires_ns, st);
-		assured = (e->flags & CT_F_ASSURED) && !ct_is_closing(&key, e);
+			ct_register(key, e->expires_ns, st);
+		assured = (e->flags & CT_F_ASSURED) && !ct_is_closing(key, e);
 		if (assured != in_assured)
-			ct_move(&key, e, in_assured, st);
+			ct_move(key, e, in_assured, st);
 	}
 	ct_count(st, state == CT_PKT_NEW ? CT_STAT_PKT_NEW : CT_STAT_PKT_ESTABLISHED);
 	return state;
@@ -327,74 +337,153 @@ static __always_inline int ct_track_icmp_error(struct ct_pkt *pkt, const struct 
 	return CT_PKT_RELATED;
 }
 
-/**
- * ct_state - track one frame. Returns its user-land state (enum
- * ct_pkt_state) or CT_PKT_NONE for frames that are not IP; vc->verdict is
- * CT_VERDICT_DROP when the policy refused it before anything was committed.
- */
-static __always_inline int ct_state(void *ctx, int xdp, void *data, void *data_end,
-				    const struct ct_config *cfg, struct ct_counters *st,
-				    struct ct_pkt *pkt, struct ct_vctx *vc)
-{
-	if (parse_packet(ctx, xdp, data, data_end, pkt)) {
-		if (pkt->reason == CT_INV_ICMP_INNER)
-			ct_count(st, CT_STAT_ICMP_ERROR); /* examined, found unusable */
-		return ct_invalid(st, pkt->reason);
-	}
-
-	switch (pkt->kind) {
-	case CT_KIND_NON_IP:
-		ct_count(st, CT_STAT_NON_IP);
-		return CT_PKT_NONE;
-	case CT_KIND_UNTRACKED:
-		if (pkt->t.proto != IPPROTO_ICMPV6)
-			ct_count(st, CT_STAT_FRAGMENT);
-		ct_count(st, CT_STAT_PKT_UNTRACKED);
-		return CT_PKT_UNTRACKED;
-	case CT_KIND_ICMP_ERROR:
-		return ct_track_icmp_error(pkt, cfg, st);
-	}
-	return ct_track_flow(pkt, cfg, st, vc);
-}
-/**
- * ct_process - track one frame arriving on (CT_HOOK_IN) or leaving
- * (CT_HOOK_OUT) interface `ifindex`, and judge it by that interface's
- * policy. Returns the verdict (enum ct_verdict); only CT_VERDICT_DROP drops.
- */
-static __always_inline int ct_process(void *ctx, void *data, void *data_end, __u32 ifindex,
-				      __u32 hook)
+/* Policy of the interface and hook a frame is judged by, when any. */
+static __always_inline const struct ct_policy *ct_policy_of(const struct ct_config *cfg,
+							   __u32 ifindex, __u32 hook)
 {
 	struct ct_policy_key pk = { .ifindex = ifindex, .hook = hook };
-	struct ct_vctx vc = { .pol = 0, .verdict = -1 };
-	struct ct_pkt pkt = {};
-	__u32 zero = 0;
-	struct ct_config *cfg = ct_config.lookup(&zero);
-	struct ct_counters *st = ct_stats.lookup(&zero);
-	int state, verdict;
 
-	if (!cfg || !st)
-		return CT_VERDICT_ACCEPT; /* cannot happen: array elements always exist */
-	if (cfg->value[CT_CFG_POLICIES])
-		vc.pol = ct_policy.lookup(&pk);
-	/* XDP is the ingress hook, TC the egress one. */
-	state = ct_state(ctx, hook == CT_HOOK_IN, data, data_end, cfg, st, &pkt, &vc);
+	if (!cfg->value[CT_CFG_POLICIES])
+		return 0;
+	return ct_policy.lookup(&pk);
+}
+
+/* The verdict of a frame in user-land state `state`, counted. */
+static __always_inline int ct_finish(struct ct_vctx *vc, int state, const struct ct_pkt *pkt,
+				     struct ct_counters *st)
+{
+	int verdict;
 
 	/* Every NEW packet was judged (ct_refuse) before its entry was made or
 	 * touched; asking again would only give the verifier another copy of
 	 * the rules to walk on every path. */
-	if (state == CT_PKT_NEW || vc.verdict == CT_VERDICT_DROP)
-		verdict = vc.verdict < 0 ? CT_VERDICT_ACCEPT : vc.verdict;
+	if (state == CT_PKT_NEW || vc->verdict == CT_VERDICT_DROP)
+		verdict = vc->verdict < 0 ? CT_VERDICT_ACCEPT : vc->verdict;
 	else
-		verdict = ct_verdict(vc.pol, state, &pkt);
+		verdict = ct_verdict(vc->pol, state, pkt);
 
-	if (vc.pol && pkt.frag_off)
-		verdict = ct_frag_verdict(&pkt, verdict);
+	if (vc->pol && pkt->frag_off)
+		verdict = ct_frag_verdict(pkt, verdict);
 
-	ct_count_verdict(vc.pol, state, verdict);
+	ct_count_verdict(vc->pol, state, verdict);
 	if (verdict == CT_VERDICT_DROP)
 		ct_count(st, CT_STAT_DROP);
 	return verdict;
 }
 
+/**
+ * ct_process - first half of a frame arriving on (CT_HOOK_IN) or leaving
+ * (CT_HOOK_OUT) interface `ifindex`: parse it, and judge what needs no flow
+ * (not IP, untracked, ICMP errors, malformed). A frame of a flow goes on,
+ * parsed, to the tracker program (ct_process_flow) through the hook's
+ * program array; the verifier checks the two halves apart, each within its
+ * budget. Returns the verdict (enum ct_verdict) or CT_VERDICT_FLOW when the
+ * tracker could not be called.
+ */
+static __always_inline int ct_process(void *ctx, void *data, void *data_end, __u32 ifindex,
+				      __u32 hook)
+{
+	struct ct_vctx vc = { .pol = 0, .verdict = -1 };
+	__u32 zero = 0, slot = hook & 1;
+	struct ct_config *cfg = ct_config.lookup(&zero);
+	struct ct_counters *st = ct_stats.lookup(&zero);
+	struct ct_scratch *sc = ct_scratch.lookup(&slot);
+	struct ct_pkt *pkt;
+	int state;
+
+	if (!cfg || !st || !sc)
+		return CT_VERDICT_ACCEPT; /* cannot happen: array elements always exist */
+	pkt = &sc->pkt;
+	__builtin_memset(pkt, 0, sizeof(*pkt));
+	vc.pol = ct_policy_of(cfg, ifindex, hook);
+	/* XDP is the ingress hook, TC the egress one. */
+	if (parse_packet(ctx, hook == CT_HOOK_IN, data, data_end, pkt)) {
+		if (pkt->reason == CT_INV_ICMP_INNER)
+			ct_count(st, CT_STAT_ICMP_ERROR); /* examined, found unusable */
+		state = ct_invalid(st, pkt->reason);
+	} else if (pkt->kind == CT_KIND_NON_IP) {
+		ct_count(st, CT_STAT_NON_IP);
+		state = CT_PKT_NONE;
+	} else if (pkt->kind == CT_KIND_UNTRACKED) {
+		if (pkt->t.proto != IPPROTO_ICMPV6)
+			ct_count(st, CT_STAT_FRAGMENT);
+		ct_count(st, CT_STAT_PKT_UNTRACKED);
+		state = CT_PKT_UNTRACKED;
+	} else if (pkt->kind == CT_KIND_ICMP_ERROR) {
+		state = ct_track_icmp_error(pkt, cfg, st);
+	} else {
+		return CT_VERDICT_FLOW;
+	}
+	return ct_finish(&vc, state, pkt, st);
+}
+
+/* Go on to the next stage (enum ct_stage) of a flow's frame; returns only
+ * when the stage's slot is empty. */
+static __always_inline void ct_next_stage(void *ctx, __u32 hook, int stage)
+{
+	if (hook == CT_HOOK_IN)
+		ct_jump_xdp.call(ctx, CT_JUMP_BASE + stage);
+	else
+		ct_jump_tc.call(ctx, CT_JUMP_BASE + stage);
+}
+
+/**
+ * ct_process_flow - a stage of the frame of a flow, parsed by ct_process and
+ * left in the hook's ct_scratch slot. Each stage is its own program and
+ * knows where the flow's entry can be (enum ct_stage): the verifier then
+ * checks the trackers once per table instead of once for every table on
+ * every path. The ASSURED stage looks the flow up in ct_assured, as most
+ * packets belong there; a miss goes on to ct_new, a miss there to a fresh
+ * entry. Returns the verdict (enum ct_verdict); only CT_VERDICT_DROP drops.
+ */
+static __always_inline int ct_process_flow(void *ctx, __u32 ifindex, __u32 hook, int stage)
+{
+	struct ct_vctx vc = { .pol = 0, .verdict = -1 };
+	__u32 zero = 0, slot = hook & 1;
+	struct ct_config *cfg = ct_config.lookup(&zero);
+	struct ct_counters *st = ct_stats.lookup(&zero);
+	struct ct_scratch *sc = ct_scratch.lookup(&slot);
+	struct ct_entry *e = 0;
+	__u64 now = ct_now();
+	int state;
+
+	if (!cfg || !st || !sc)
+		return CT_VERDICT_ACCEPT; /* cannot happen: array elements always exist */
+	if (stage == CT_STAGE_ASSURED) {
+		__builtin_memset(&sc->key, 0, sizeof(sc->key));
+		sc->src_is_hi = flow_key_from_tuple(&sc->pkt.t, &sc->key);
+	}
+	if (stage == CT_STAGE_ASSURED)
+		e = ct_assured.lookup(&sc->key);
+	else if (stage == CT_STAGE_NEW)
+		e = ct_new.lookup(&sc->key);
+	if (stage != CT_STAGE_FRESH) {
+		/* An expired entry counts as absent and is removed here; the
+		 * sweeper only reclaims what no packet revisits. */
+		if (e && e->expires_ns <= now) {
+			ct_destroy(&sc->key, e, stage == CT_STAGE_ASSURED, CT_DESTROY_EXPIRED,
+				   CT_STAT_EXPIRED_SEEN, cfg, st);
+			e = 0;
+		}
+		if (!e) {
+			ct_next_stage(ctx, hook, stage + 1);
+			ct_count(st, CT_STAT_NO_TRACKER);
+			return CT_VERDICT_ACCEPT;
+		}
+	}
+	vc.pol = ct_policy_of(cfg, ifindex, hook);
+	if (stage == CT_STAGE_FRESH) {
+		state = ct_create(&sc->key, sc->src_is_hi, &sc->pkt, &sc->entry, cfg, now, st, &vc);
+	} else {
+		state = ct_track_known(&sc->key, sc->src_is_hi, e, stage == CT_STAGE_ASSURED,
+				       &sc->pkt, cfg, st, &vc, now);
+		if (state == CT_PKT_REOPEN) {
+			ct_next_stage(ctx, hook, CT_STAGE_FRESH);
+			ct_count(st, CT_STAT_NO_TRACKER);
+			return CT_VERDICT_ACCEPT;
+		}
+	}
+	return ct_finish(&vc, state, &sc->pkt, st);
+}
 
 #endif /* CTBPF_CONNTRACK_H */

@@ -36,6 +36,7 @@ struct frag_hdr {
 #include "udp.h"
 #include "icmp.h"
 #include "policy.h"
+#include "scratch.h"
 #include "conntrack.h"
 #include "sweep.h"
 
@@ -43,14 +44,45 @@ struct frag_hdr {
  * with options, ICMP, inner IPv6, inner L4. */
 #define CT_TC_PULL_LEN 256
 
+/* The entry program's verdict when its tracker is missing (an empty slot):
+ * the frame passes, counted, as it would with ctbpf not attached. */
+static __always_inline void ct_no_tracker(void)
+{
+	__u32 zero = 0;
+	struct ct_counters *st = ct_stats.lookup(&zero);
+
+	if (st)
+		ct_count(st, CT_STAT_NO_TRACKER);
+}
+
 int ctbpf_xdp(struct xdp_md *ctx)
 {
+	int v = ct_process(ctx, (void *)(long)ctx->data, (void *)(long)ctx->data_end,
+			   ctx->ingress_ifindex, CT_HOOK_IN);
+
+	if (v == CT_VERDICT_FLOW) {
+		ct_next_stage(ctx, CT_HOOK_IN, CT_STAGE_ASSURED);
+		ct_no_tracker();
+		return XDP_PASS;
+	}
 	/* Dropped here, before the kernel allocates anything for the packet. */
-	if (ct_process(ctx, (void *)(long)ctx->data, (void *)(long)ctx->data_end,
-		       ctx->ingress_ifindex, CT_HOOK_IN) == CT_VERDICT_DROP)
-		return XDP_DROP;
-	return XDP_PASS;
+	return v == CT_VERDICT_DROP ? XDP_DROP : XDP_PASS;
 }
+
+/* The stages of a flow's frame (enum ct_stage), XDP then TC. */
+#define CT_XDP_STAGE(stage)                                                      \
+	ct_process_flow(ctx, ctx->ingress_ifindex, CT_HOOK_IN, stage) == CT_VERDICT_DROP ? \
+		XDP_DROP : XDP_PASS
+#define CT_TC_STAGE(stage)                                                       \
+	ct_process_flow(skb, skb->ifindex, CT_HOOK_OUT, stage) == CT_VERDICT_DROP ?       \
+		TC_ACT_SHOT : TC_ACT_OK
+
+int ctbpf_xdp_assured(struct xdp_md *ctx) { return CT_XDP_STAGE(CT_STAGE_ASSURED); }
+int ctbpf_xdp_new(struct xdp_md *ctx) { return CT_XDP_STAGE(CT_STAGE_NEW); }
+int ctbpf_xdp_fresh(struct xdp_md *ctx) { return CT_XDP_STAGE(CT_STAGE_FRESH); }
+int ctbpf_tc_assured(struct __sk_buff *skb) { return CT_TC_STAGE(CT_STAGE_ASSURED); }
+int ctbpf_tc_new(struct __sk_buff *skb) { return CT_TC_STAGE(CT_STAGE_NEW); }
+int ctbpf_tc_fresh(struct __sk_buff *skb) { return CT_TC_STAGE(CT_STAGE_FRESH); }
 
 /* Not attached anywhere: the agent runs it through BPF_PROG_TEST_RUN. */
 int ctbpf_sweep(struct xdp_md *ctx)
@@ -61,14 +93,19 @@ int ctbpf_sweep(struct xdp_md *ctx)
 int ctbpf_tc_egress(struct __sk_buff *skb)
 {
 	__u32 len = skb->len < CT_TC_PULL_LEN ? skb->len : CT_TC_PULL_LEN;
+	int v;
 
 	/* A packet that entered through an interface is forwarded: XDP on
 	 * that interface has already tracked it. */
 	if (skb->ingress_ifindex != 0)
 		return TC_ACT_OK;
 	bpf_skb_pull_data(skb, len);
-	if (ct_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
-		       CT_HOOK_OUT) == CT_VERDICT_DROP)
-		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	v = ct_process(skb, (void *)(long)skb->data, (void *)(long)skb->data_end, skb->ifindex,
+		       CT_HOOK_OUT);
+	if (v == CT_VERDICT_FLOW) {
+		ct_next_stage(skb, CT_HOOK_OUT, CT_STAGE_ASSURED);
+		ct_no_tracker();
+		return TC_ACT_OK;
+	}
+	return v == CT_VERDICT_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }

@@ -82,6 +82,13 @@ struct ct_pkt {
 	__u8 kind;             /* enum ct_pkt_kind */
 	__u8 reason;           /* enum ct_invalid_reason when kind is INVALID */
 	__u8 icmp_reply;       /* ICMP query: the packet is a reply type */
+	__u16 window;          /* TCP: the raw (unscaled) window, host order */
+	__u8 wscale;           /* TCP SYN: the window scale option, capped at 14 */
+	__u8 tcp_opts;         /* TCP: CT_TCPOPTS_PRESENT, CT_TS_WINDOW_SCALE, CT_TS_SACK_PERM */
+	__u32 sack;            /* TCP: the highest SACK block edge, else ack_seq */
+	__u8 win_verdict;      /* TCP: what tcp_in_window decided (see tcp_track) */
+	__u8 tcp_cls;          /* TCP: enum ct_tcp_class (see tcp_track) */
+	__u8 tcp_next;         /* TCP: the state the table gives (see tcp_track) */
 	/* Fragments, raw from the header (IPv4 frag_off, or the IPv6 fragment
 	 * header's), 0 for a whole datagram; read by ct_frag_of(). Kept raw on
 	 * purpose: a constant here would split the verifier's states all
@@ -372,6 +379,8 @@ static __always_inline int tcp_flags_are_valid(__u8 flags)
 	return (CT_TCP_VALID_FLAGS_MASK >> flags) & 1;
 }
 
+#include "tcpopt.h"
+
 static __always_inline int parse_tcp(struct ct_cursor *c, struct ct_pkt *pkt)
 {
 	struct tcphdr *th = c->pos;
@@ -390,8 +399,12 @@ static __always_inline int parse_tcp(struct ct_cursor *c, struct ct_pkt *pkt)
 	pkt->t.dport = th->dest;
 	pkt->seq = bpf_ntohl(th->seq);
 	pkt->ack_seq = bpf_ntohl(th->ack_seq);
+	pkt->window = bpf_ntohs(th->window);
+	pkt->sack = pkt->ack_seq;
 	pkt->seg_len = (__u32)(c->l3_end - c->pos) - doff +
 		       !!(pkt->tcp_flags & TCPF_SYN) + !!(pkt->tcp_flags & TCPF_FIN);
+	if (doff > sizeof(*th))
+		parse_tcp_options(c, th, doff, pkt);
 	return 0;
 }
 

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * TCP tracker: the kernel's tcp_conntracks transition table and the rules
- * nf_conntrack_tcp_packet() applies around it. Sequence-window tracking
- * (tcp_in_window) is not done: every in-table packet counts as in window.
+ * TCP tracker: the kernel's tcp_conntracks transition table, the rules
+ * nf_conntrack_tcp_packet() applies around it, and tcp_in_window(): each
+ * side's sequence window, so that data, ACKs and RSTs outside what the
+ * other side can accept are INVALID and change nothing.
  */
 #ifndef CTBPF_TCP_H
 #define CTBPF_TCP_H
@@ -86,6 +87,64 @@ static __always_inline void tcp_note_last(struct ct_entry *e, const struct ct_pk
 	e->last_end = pkt->seq + pkt->seg_len;
 }
 
+#include "tcpwin.h"
+
+/* What the RST rules decided. */
+enum { CT_RST_CHECK = 0, CT_RST_SKIP_WINDOW = 1, CT_RST_KEEP_STATE = 2, CT_RST_INVALID = 3 };
+
+static __always_inline int tcp_established(const struct ct_entry *e)
+{
+	return e->state == CT_TCP_ESTABLISHED && (e->flags & CT_F_ASSURED);
+}
+
+/**
+ * tcp_check_rst - a RST that would close the entry: the kernel accepts it
+ * only with the sequence number the receiver expects; one below the last
+ * ack is INVALID, one in window but not exact keeps the state (the
+ * receiver answers it with a challenge ACK, RFC 5961).
+ */
+static __always_inline int tcp_check_rst(struct ct_entry *e, struct ct_pkt *pkt, int dir, int old,
+					 const struct ct_config *cfg)
+{
+	const struct ct_tcp_side *rcv = &e->side[!(dir & 1)];
+	__u32 seq = pkt->seq;
+
+	/* Closing: the tuple may be reused already, windows are stale. */
+	if (old >= CT_TCP_FIN_WAIT && old <= CT_TCP_CLOSE)
+		return CT_RST_SKIP_WINDOW;
+	if ((rcv->flags & CT_TS_MAXACK_SET) && e->last_class != CT_CLASS_SYN) {
+		/* Each acceptance below goes straight to the window check: the
+		 * "answers a packet we let through" exemptions further down are
+		 * not for a RST the receiver's ack already vouches for (the
+		 * kernel leaves its switch there). A RST of SYN_RECV far out of
+		 * window is INVALID even if it acks the last segment. */
+		if (seq == 0 && !tcp_established(e))
+			return CT_RST_CHECK;
+		if (seq_before(seq, rcv->td_maxack) && !cfg->value[CT_CFG_TCP_IGNORE_INVALID_RST]) {
+			pkt->reason = CT_INV_TCP_RST;
+			return CT_RST_INVALID;
+		}
+		if (!tcp_established(e) || seq == rcv->td_maxack)
+			return CT_RST_CHECK;
+		/* Part of a train: data, then a RST at its end. */
+		if (e->last_class == CT_CLASS_ACK && e->last_dir == dir && seq == e->last_end)
+			return CT_RST_CHECK;
+		/* Established and inexact: the exemptions below cannot apply
+		 * (ASSURED, last packet not a SYN, not SYN_SENT). */
+		return CT_RST_KEEP_STATE;
+	}
+	/* A RST answering a SYN or ACK we let through unchecked. */
+	if ((((e->flags & CT_F_SEEN_REPLY) && e->last_class == CT_CLASS_SYN) ||
+	     (!(e->flags & CT_F_ASSURED) && e->last_class == CT_CLASS_ACK)) &&
+	    pkt->ack_seq == e->last_end)
+		return CT_RST_SKIP_WINDOW;
+	/* A RST answering a challenge ACK we let through. */
+	if (old == CT_TCP_SYN_SENT && e->last_class == CT_CLASS_ACK &&
+	    e->last_dir == CT_DIR_REPLY && seq == e->last_ack)
+		return CT_RST_SKIP_WINDOW;
+	return CT_RST_CHECK;
+}
+
 /**
  * tcp_can_start - may this packet create a TCP entry?
  * A SYN may; another packet only when tcp_loose allows a mid-stream pickup
@@ -110,15 +169,26 @@ static __always_inline int tcp_can_start(struct ct_pkt *pkt, const struct ct_con
 
 /**
  * tcp_track - apply one packet to a TCP entry (a new entry comes in state
- * NONE). Mirrors nf_conntrack_tcp_packet() minus window tracking.
+ * NONE). Mirrors nf_conntrack_tcp_packet().
  */
 static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int dir,
 				     const struct ct_config *cfg, __u64 now)
 {
-	int cls = tcp_class(pkt->tcp_flags);
-	int old = e->state;
-	int new = tcp_next_state(dir, cls, old);
-	__u64 timeout;
+	int cls, old = e->state, new;
+	__u64 timeout, retrans, unack;
+	int skip_window = 0;
+
+	/* Class and next state go through memory on purpose: from registers
+	 * the verifier would know them as constants on each path, and check
+	 * everything after once per value instead of once. */
+	pkt->tcp_cls = tcp_class(pkt->tcp_flags);
+	asm volatile("" ::: "memory");
+	cls = pkt->tcp_cls & 0x7;
+	pkt->tcp_next = tcp_next_state(dir, cls, old);
+	asm volatile("" ::: "memory");
+	new = pkt->tcp_next & 0xf;
+	if (old == CT_TCP_NONE)
+		tcp_new_windows(e, pkt, new);
 
 	switch (new) {
 	case CT_TCP_SYN_SENT:
@@ -126,7 +196,7 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 			break;
 		/* SYN after a close or an abort by the same side: RFC 1122
 		 * reopening. Anything else falls through to "ignored". */
-		if ((e->flags & CT_F_CLOSE_INIT) ||
+		if (((e->side[0].flags | e->side[1].flags) & CT_TS_CLOSE_INIT) ||
 		    (e->last_dir == dir && e->last_class == CT_CLASS_RST))
 			return CT_TRACK_REOPEN;
 		/* fallthrough */
@@ -135,18 +205,33 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 		 * in sync and we are not; resynchronise as a fresh handshake. */
 		if (cls == CT_CLASS_SYNACK && e->last_class == CT_CLASS_SYN &&
 		    e->last_dir != dir && pkt->ack_seq == e->last_end) {
+			struct ct_tcp_side *opener = &e->side[e->last_dir & 1];
+
 			old = CT_TCP_SYN_SENT;
 			new = CT_TCP_SYN_RECV;
+			opener->td_end = opener->td_maxend = e->last_end;
+			opener->td_maxwin = e->last_win ? e->last_win : 1;
+			opener->td_scale = e->last_wscale;
+			opener->flags = e->last_flags;
+			tcp_side_reset(&e->side[dir & 1]);
 			break;
 		}
 		tcp_note_last(e, pkt, dir, cls);
+		e->last_seq = pkt->seq;
+		e->last_win = pkt->window;
 		if (cls == CT_CLASS_SYN && dir == CT_DIR_ORIGINAL) {
-			/* The receiver may answer this SYN with an RFC 5961
-			 * challenge ACK, which must not close LAST_ACK. */
-			e->flags &= ~CT_F_CHALLENGE_ACK;
+			/* Keep the SYN's options for a resync by its SYN/ACK. The
+			 * receiver may answer with an RFC 5961 challenge ACK,
+			 * which must not close LAST_ACK. */
+			e->last_flags = pkt->tcp_opts & (CT_TS_WINDOW_SCALE | CT_TS_SACK_PERM);
+			e->last_wscale = (pkt->tcp_opts & CT_TS_WINDOW_SCALE) ? pkt->wscale : 0;
+			e->flags &= ~(CT_F_CHALLENGE_ACK | CT_F_SIMOPEN);
 			if (old == CT_TCP_LAST_ACK)
 				e->flags |= CT_F_CHALLENGE_ACK;
 		}
+		/* A possible challenge ACK answering the SYN. */
+		if (old == CT_TCP_SYN_SENT && cls == CT_CLASS_ACK && dir == CT_DIR_REPLY)
+			e->last_ack = pkt->ack_seq;
 		return CT_TRACK_KEEP;
 	case CT_TCP_INVALID:
 		pkt->reason = CT_INV_TCP_STATE;
@@ -166,17 +251,54 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 		if (dir == CT_DIR_REPLY && cls == CT_CLASS_ACK && (e->flags & CT_F_SIMOPEN))
 			new = CT_TCP_ESTABLISHED;
 		break;
+	case CT_TCP_CLOSE:
+		if (cls == CT_CLASS_RST) {
+			int r = tcp_check_rst(e, pkt, dir, old, cfg);
+
+			if (r == CT_RST_INVALID)
+				return CT_TRACK_INVALID;
+			if (r == CT_RST_KEEP_STATE)
+				new = old;
+			skip_window = r == CT_RST_SKIP_WINDOW;
+		}
+		break;
 	}
 
-	tcp_note_last(e, pkt, dir, cls);
+	if (!skip_window) {
+		int w;
+
+		/* Through memory on purpose: the verifier forgets which of the
+		 * window checks' many paths gave the verdict, so the rest of
+		 * the tracker is checked once per verdict, not once per path. */
+		pkt->win_verdict = tcp_in_window(e, pkt, dir, cls, cfg);
+		asm volatile("" ::: "memory");
+		w = pkt->win_verdict;
+
+		if (w == CT_WIN_IGNORE)
+			return CT_TRACK_KEEP;
+		if (w == CT_WIN_INVALID) {
+			tcp_handle_invalid(e, dir, cls, cfg, now);
+			return CT_TRACK_INVALID;
+		}
+	}
+
+	e->last_class = cls;
+	e->last_dir = dir;
 	e->state = new;
 	if (old != new && new == CT_TCP_FIN_WAIT)
-		e->flags |= CT_F_CLOSE_INIT;
+		e->side[dir & 1].flags |= CT_TS_CLOSE_INIT;
 
-	if (cls == CT_CLASS_RST)
+	timeout = ct_timeout_ns(cfg, new);
+	retrans = ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_MAX_RETRANS);
+	unack = ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_UNACKNOWLEDGED);
+	if (e->retrans >= cfg->value[CT_CFG_TCP_MAX_RETRANS] && timeout > retrans)
+		timeout = retrans;
+	else if (cls == CT_CLASS_RST)
 		timeout = ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_CLOSE);
-	else
-		timeout = ct_timeout_ns(cfg, new);
+	else if (((e->side[0].flags | e->side[1].flags) & CT_TS_DATA_UNACK) && timeout > unack)
+		timeout = unack;
+	else if (e->last_win == 0 && timeout > retrans)
+		timeout = retrans;
 
 	if (!(e->flags & CT_F_SEEN_REPLY)) {
 		/* Only a RST came back: no connection ever existed. */
@@ -184,14 +306,10 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 			return CT_TRACK_DELETE;
 		/* A retransmitted SYN must not keep a dead entry alive. */
 		if (cls == CT_CLASS_SYN && old == CT_TCP_SYN_SENT)
-			return CT_TRACK_ACCEPT;
+			return CT_TRACK_NOREFRESH;
 		/* Picked up mid-stream and unanswered: no five-day timeout. */
-		if (new == CT_TCP_ESTABLISHED) {
-			__u64 unack = ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_UNACKNOWLEDGED);
-
-			if (timeout > unack)
-				timeout = unack;
-		}
+		if (new == CT_TCP_ESTABLISHED && timeout > unack)
+			timeout = unack;
 	} else if (!(e->flags & CT_F_ASSURED) &&
 		   (old == CT_TCP_SYN_RECV || old == CT_TCP_ESTABLISHED) &&
 		   new == CT_TCP_ESTABLISHED) {

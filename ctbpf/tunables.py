@@ -54,9 +54,11 @@ TUNABLES: tuple[Tunable, ...] = (
     Tunable("tcp_loose", abi.const("CT_CFG_TCP_LOOSE"), 1, 0, 1, "bool",
             "pick up TCP flows mid-stream (0: a new non-SYN packet is INVALID)"),
     Tunable("tcp_be_liberal", abi.const("CT_CFG_TCP_BE_LIBERAL"), 0, 0, 1, "bool",
-            "accept out-of-window packets (window tracking is not implemented yet)"),
+            "accept out-of-window packets: only RSTs are window-checked"),
     Tunable("tcp_max_retrans", abi.const("CT_CFG_TCP_MAX_RETRANS"), 3, 0, 255, "count",
             "retransmissions before tcp_timeout_max_retrans applies"),
+    Tunable("tcp_ignore_invalid_rst", abi.const("CT_CFG_TCP_IGNORE_INVALID_RST"), 0, 0, 1, "bool",
+            "accept a RST below the window (0: it is INVALID)"),
     Tunable("acct", abi.const("CT_CFG_ACCT"), 1, 0, 1, "bool",
             "count packets and bytes per flow, as conntrack -L shows them (0, the kernel's "
             "default, spares every packet two atomic adds on the shared entry)"),

@@ -164,6 +164,9 @@ class TrackerCollector:
         yield counter("expiry_index_lost", "Expiry registrations the ct_timers ring had no "
                       "room for (each makes the sweeper rebuild its index)",
                       c[_STAT["timer_lost"]])
+        yield counter("untracked_no_stage", "Frames of flows passed untracked because a "
+                      "tracker stage's program-array slot was empty (should stay 0)",
+                      c[_STAT["no_tracker"]])
         yield counter("icmp_errors", "ICMP errors examined", c[_STAT["icmp_error"]])
         yield counter("non_ip_frames", "Frames that are not IPv4/IPv6", c[_STAT["non_ip"]])
 

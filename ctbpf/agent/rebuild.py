@@ -64,10 +64,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctbpf import abi, tunables
+from ctbpf.agent import resync
 from ctbpf.agent.migrations import Migration
 from ctbpf.datapath import bpfsys, configmap, pins
 from ctbpf.datapath.hookswap import SWAP_GRACE_S, find_hooks, swap_hooks
-from ctbpf.datapath.progs import SWEEP_FUNC, programs_using
+from ctbpf.datapath.progs import STAGE_FUNCS, SWEEP_FUNC, programs_using
 from ctbpf.datapath.rawmaps import (ENTRY_SIZE, KEY_SIZE, STATS_SIZE, STAT_DELETE, STAT_SWEPT,
                                     TABLES, _u64s, expires_ns, open_pinned, read_percpu,
                                     read_table, read_tables, table_ids, update_batch, write_percpu)
@@ -169,6 +170,7 @@ class Rebuild:
         self._old: dict[str, int] = {}
         self._new: dict[str, int] = {}
         self._snap: dict[bytes, tuple[str, bytes]] = {}
+        self._written: dict[bytes, tuple[str, bytes]] = {}
         self._stats1: bytearray | None = None
         self._old_ids: set[int] = set()
         self._t0 = time.monotonic()
@@ -251,8 +253,11 @@ class Rebuild:
         hooked = {h.prog_id for h in find_hooks(self._old_ids)}
         # The pinned sweep program attaches nowhere: _repin replaces its pin
         # with the new one, and the old program goes with its last reference.
+        # The tracker stages attach nowhere either: only the entry programs,
+        # which are checked, reach them (through the old program arrays).
+        unattached = {SWEEP_FUNC[:15], *(name[:15] for name, _, _ in STAGE_FUNCS)}
         strangers = [p for p in programs_using(self._old_ids)
-                     if p.id not in hooked | self.own_programs and p.name != SWEEP_FUNC]
+                     if p.id not in hooked | self.own_programs and p.name not in unattached]
         if strangers:
             names = ", ".join(f"{p.name or '?'} (id {p.id})" for p in strangers[:5])
             raise RefusedError(
@@ -353,8 +358,12 @@ class Rebuild:
         write_percpu(self._new["ct_stats"], new)
 
     def _copy_entries(self, snap: dict[bytes, tuple[str, bytes]]) -> None:
+        # TCP entries go in marked for resync (ctbpf/agent/resync.py): what
+        # the new tables hold until the reconcile, to compare with.
+        self._written = {k: (t, resync.mark(e) if resync.is_tcp(k) else e)
+                         for k, (t, e) in snap.items()}
         for t in TABLES:
-            items = [(k, e) for k, (tt, e) in snap.items() if tt == t]
+            items = [(k, e) for k, (tt, e) in self._written.items() if tt == t]
             keys = b"".join(k for k, _ in items)
             values = b"".join(e for _, e in items)
             written = update_batch(self._new[t], keys, values, KEY_SIZE, ENTRY_SIZE)
@@ -398,7 +407,7 @@ class Rebuild:
             s, o, n = self._snap.get(key), final.get(key), now_new.get(key)
             if o == s:
                 continue            # the old program did not touch it after the copy
-            if n != s:
+            if n != self._written.get(key):
                 self.report.kept_new += 1
                 continue            # the new program has the latest word
             self.report.reconciled += 1
@@ -419,6 +428,21 @@ class Rebuild:
                 continue
             if s is not None and s[0] != o[0]:
                 bpfsys.delete(self._new[s[0]], kbuf)
+
+        self._end_resync(final)
+
+    def _end_resync(self, final: dict[bytes, tuple[str, bytes]]) -> None:
+        """Every TCP entry of the new tables with the later window edges of
+        both tables, its resync mark cleared: strict checks from here on."""
+        out: dict[str, list[tuple[bytes, bytes]]] = {t: [] for t in TABLES}
+        for key, (t, n) in read_tables(self._new).items():
+            if resync.is_tcp(key):
+                o = final.get(key)
+                out[t].append((key, resync.merged(n, o[1] if o is not None else None)))
+        for t, items in out.items():
+            if items:
+                update_batch(self._new[t], b"".join(k for k, _ in items),
+                             b"".join(e for _, e in items), KEY_SIZE, ENTRY_SIZE)
 
     def _add_window_counters(self) -> None:
         old = read_percpu(self._old["ct_stats"], bpfsys.map_info(self._old["ct_stats"]).value_size)

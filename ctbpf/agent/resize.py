@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from ctbpf.agent import adoption, pinlock, rebuild, runstatus
-from ctbpf.datapath import pins, progs, rawmaps
+from ctbpf.datapath import pins, rawmaps
 from ctbpf.errors import CtbpfError, UsageError
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ def rebuild_here(pin_dir: Path, new_max: int, datapath=None) -> str:
         return f"max: {new_max} (unchanged)"
     own = set()
     if datapath is not None:   # its loaded programs use the old tables too
-        from ctbpf.datapath.progs import SWEEP_FUNC, TC_EGRESS_FUNC, XDP_FUNC  # noqa: PLC0415
-        own = {progs.prog_id(datapath.prog_fd(n)) for n in (XDP_FUNC, TC_EGRESS_FUNC, SWEEP_FUNC)}
+        own = datapath.own_prog_ids()
     rb = rebuild.Rebuild(pin_dir, new_max, own_programs=own).prepare()
     new = rb.commit()
     if datapath is not None:

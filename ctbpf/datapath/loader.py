@@ -23,7 +23,8 @@ from ctbpf.datapath import bpfsys, configmap
 from ctbpf.datapath.configmap import layout_version, read_config, write_config
 from ctbpf.datapath.features import captured_stderr
 from ctbpf.datapath.pins import MAP_NAMES, PIN_NAMES, PROG_SWEEP, display, is_bpffs
-from ctbpf.datapath.progs import SWEEP_FUNC, TC_EGRESS_FUNC, TC_EGRESS_PARENT, TC_PRIO, XDP_FUNC
+from ctbpf.datapath.progs import (STAGE_FUNCS, SWEEP_FUNC, TC_EGRESS_FUNC, TC_EGRESS_PARENT,
+                                  TC_PRIO, TC_STAGE_NAMES, XDP_FUNC)
 from ctbpf.datapath.sweepprog import DueResult, due_runner, sweep_due_keys, sweep_keys
 from ctbpf.errors import CtbpfError, UsageError
 from ctbpf.paths import BPF_DIR
@@ -109,7 +110,12 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
               "ct_events": (0, 0, None),  # ring buffers: their size is not ours to check
               "ct_timers": (0, 0, None),
               "ct_policy": (ctypes.sizeof(abi.CtPolicyKey), ctypes.sizeof(abi.CtPolicy), None),
-              "ct_verdicts": (4, ctypes.sizeof(abi.CtVerdictCounts), 1)}
+              "ct_verdicts": (4, ctypes.sizeof(abi.CtVerdictCounts), 1),
+              # The stages' hand-over (bpf/scratch.h) holds nothing between
+              # packets; its value is the datapath's own business.
+              "ct_scratch": (4, None, 2),
+              "ct_jump_xdp": (4, 4, abi.const("CT_JUMP_SLOTS")),
+              "ct_jump_tc": (4, 4, abi.const("CT_JUMP_SLOTS"))}
     if "ct_config" in present:
         version = layout_version(pin_dir)
         if version != abi.LAYOUT_VERSION:
@@ -124,6 +130,8 @@ def check_pinned(pin_dir: Path, max_entries: int) -> bool:
         finally:
             os.close(fd)
         key_size, value_size, entries = expect[name]
+        if value_size is None:
+            value_size = info.value_size
         if (info.key_size, info.value_size) != (key_size, value_size):
             raise CtbpfError(f"{display(pin_dir / name)} holds {info.key_size}/{info.value_size}-byte "
                              f"keys/values, this build needs {key_size}/{value_size}")
@@ -198,9 +206,8 @@ class Datapath:
             cflags.append(f"-DCT_TIMERS_BYTES={int(self.timers_bytes)}")
         try:
             self._bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
-            for name, kind in ((XDP_FUNC, bcc.BPF.XDP), (TC_EGRESS_FUNC, bcc.BPF.SCHED_CLS),
-                               (SWEEP_FUNC, bcc.BPF.XDP)):
-                self._funcs[name] = self._bpf.load_func(name.encode(), kind)
+            self._load_hook("xdp")
+            self._funcs[SWEEP_FUNC] = self._bpf.load_func(SWEEP_FUNC.encode(), bcc.BPF.XDP)
         except Exception as e:  # BCC raises bare Exception for every failure
             raise CtbpfError(f"cannot load the BPF datapath: {str(e).splitlines()[0]} "
                              f"(needs root, a kernel with BPF and BTF, and kernel headers; "
@@ -219,8 +226,37 @@ class Datapath:
                  display(self.pin_dir))
         return self
 
+    def _load_hook(self, hook: str) -> None:
+        """Load one hook's programs ("xdp" or "tc": the entry program and
+        its stages) and put the stages in their slots, before the entry
+        program can run anywhere: with a slot empty it passes the flows'
+        frames untracked (counted). The verifier takes seconds over each
+        hook's programs, so TC's are loaded only when first asked for."""
+        bcc = _import_bcc()
+        kind = bcc.BPF.XDP if hook == "xdp" else bcc.BPF.SCHED_CLS
+        base = abi.const("CT_JUMP_BASE")
+        for name, table, stage in STAGE_FUNCS:
+            if table == f"ct_jump_{hook}":
+                self._funcs[name] = self._bpf.load_func(name.encode(), kind)
+                self._bpf[table.encode()][ctypes.c_int(base + stage)] = \
+                    ctypes.c_int(self._funcs[name].fd)
+        entry = XDP_FUNC if hook == "xdp" else TC_EGRESS_FUNC
+        self._funcs[entry] = self._bpf.load_func(entry.encode(), kind)
+
     def prog_fd(self, name: str = XDP_FUNC) -> int:
+        if name not in self._funcs and name in (TC_EGRESS_FUNC, *TC_STAGE_NAMES):
+            try:
+                self._load_hook("tc")
+            except Exception as e:  # BCC raises bare Exception for every failure
+                raise CtbpfError(f"cannot load the TC egress programs: "
+                                 f"{str(e).splitlines()[0]}") from None
         return self._funcs[name].fd
+
+    def own_prog_ids(self) -> set[int]:
+        """Ids of every program this datapath has loaded."""
+        from ctbpf.datapath.progs import prog_id  # noqa: PLC0415
+
+        return {prog_id(fn.fd) for fn in self._funcs.values()}
 
     def sweep(self, table_id: int, keys: bytes) -> int:
         """Delete the entries among these raw keys that are still expired,
@@ -328,6 +364,7 @@ class Datapath:
         daemon's on our tables (replaced in place); anything else is refused."""
         from ctbpf.datapath import hookswap, progs  # noqa: PLC0415
 
+        self.prog_fd(TC_EGRESS_FUNC)  # loads TC's programs on first use
         fn = self._funcs[TC_EGRESS_FUNC]
         own = progs.prog_id(fn.fd)
         if prog_id != own:
@@ -354,6 +391,7 @@ class Datapath:
         if existing:
             self._adopt_tc_egress(ifname, index, existing)
             return
+        self.prog_fd(TC_EGRESS_FUNC)  # loads TC's programs on first use
         fn = self._funcs[TC_EGRESS_FUNC]
         created = False
         with IPRoute() as ipr:

@@ -6,9 +6,6 @@ on a running system (BPF_PROG_GET_NEXT_ID, BPF_OBJ_GET_INFO_BY_FD).
 
 from __future__ import annotations
 
-
-
-
 import ctypes
 import errno
 import os
@@ -19,6 +16,12 @@ from ctbpf.datapath import bpfsys
 XDP_FUNC = "ctbpf_xdp"
 TC_EGRESS_FUNC = "ctbpf_tc_egress"
 SWEEP_FUNC = "ctbpf_sweep"
+# The tracker stages the entry programs tail-call (bpf/scratch.h): function,
+# program array, stage (enum ct_stage), for XDP then TC.
+STAGES = ("assured", "new", "fresh")
+STAGE_FUNCS = tuple((f"ctbpf_{hook}_{stage}", f"ct_jump_{hook}", i)
+                    for hook in ("xdp", "tc") for i, stage in enumerate(STAGES))
+TC_STAGE_NAMES = tuple(name for name, table, _ in STAGE_FUNCS if table == "ct_jump_tc")
 
 # Our filter's priority on clsact egress, so that detaching removes ours only.
 TC_PRIO = 0xC7B

@@ -141,7 +141,7 @@ def read_flows(pin_dir: Path, include_expired: bool = False) -> list[Flow]:
 # -- the fast path: decode() for whole batch buffers, a few us per flow --------
 
 _KEY = struct.Struct("=16s16sHHBBH")
-_ENTRY = struct.Struct("=QQQQQQIBBBB")
+_ENTRY = struct.Struct("=QQQQQQIBBBB64x")  # the TCP window state (64 bytes) is not listed
 assert (_KEY.size, _ENTRY.size) == (KEY_SIZE, ENTRY_SIZE), "ct_key/ct_entry layout changed"
 assert (abi.CtKey.port_lo.offset, abi.CtKey.proto.offset, abi.CtEntry.state.offset) == \
     (32, 36, 52), "ct_key/ct_entry field order changed"

@@ -95,7 +95,7 @@ def test_a_refused_packet_changes_no_entry(tracker, lo_policy):
     assert arrive(tracker, d.frame(P.ORIG, "S")) == XDP_PASS      # no policy yet
     before = tracker.entry()
     lo_policy(accept=["established"])                              # no NEW any more
-    assert arrive(tracker, d.frame(P.ORIG, "S")) == XDP_DROP       # SYN retransmit: NEW
+    assert arrive(tracker, d.frame(P.ORIG, "S", seq=d.isn[P.ORIG])) == XDP_DROP  # SYN retransmit: NEW
     after = tracker.entry()
     assert bytes(after.entry) == bytes(before.entry)               # not a byte changed
     assert arrive(tracker, d.frame(P.REPLY, "SA")) == XDP_PASS     # the answer is ESTABLISHED

@@ -21,6 +21,7 @@ T_SS, T_SR, T_ES = D["tcp_timeout_syn_sent"], D["tcp_timeout_syn_recv"], D["tcp_
 T_FW, T_CW, T_LA = D["tcp_timeout_fin_wait"], D["tcp_timeout_close_wait"], D["tcp_timeout_last_ack"]
 T_TW, T_CL, T_S2 = D["tcp_timeout_time_wait"], D["tcp_timeout_close"], D["tcp_timeout_syn_sent2"]
 T_UNACK = D["tcp_timeout_unacknowledged"]
+T_RETRANS = D["tcp_timeout_max_retrans"]
 
 FAMILIES = [pytest.param((P.A4, P.B4), id="ipv4"), pytest.param((P.A6, P.B6), id="ipv6")]
 
@@ -57,13 +58,16 @@ def test_each_state_stamps_its_default_timeout(tracker, addrs):
     assert not f.unreplied and not f.assured and f.table == "new"
     out, f = step(tracker, d, ORIG, "A", "ESTABLISHED", T_ES, "established")
     assert f.assured and f.table == "assured" and out.moved("promote") == 1
-    step(tracker, d, ORIG, "A", "ESTABLISHED", T_ES, "established", payload=b"GET /")
-    step(tracker, d, REPLY, "A", "ESTABLISHED", T_ES, "established", payload=b"200 OK")
+    # data not yet acknowledged caps ESTABLISHED at tcp_timeout_unacknowledged
+    # (the kernel's IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED), until the peer acks it
+    step(tracker, d, ORIG, "A", "ESTABLISHED", T_UNACK, "established", payload=b"GET /")
+    step(tracker, d, REPLY, "A", "ESTABLISHED", T_UNACK, "established", payload=b"200 OK")
+    step(tracker, d, ORIG, "A", "ESTABLISHED", T_ES, "established")
     step(tracker, d, ORIG, "FA", "FIN_WAIT", T_FW)
     step(tracker, d, REPLY, "A", "CLOSE_WAIT", T_CW)
     step(tracker, d, REPLY, "FA", "LAST_ACK", T_LA)
     out, f = step(tracker, d, ORIG, "A", "TIME_WAIT", T_TW)
-    assert f.assured and f.packets == (5, 4)
+    assert f.assured and f.packets == (6, 4)
 
 
 @pytest.mark.parametrize("addrs", FAMILIES)
@@ -75,17 +79,23 @@ def test_close_and_syn_sent2_timeouts(tracker, addrs):
     d = P.TcpDialog(*addrs)
     step(tracker, d, ORIG, "S", "SYN_SENT", T_SS)
     step(tracker, d, REPLY, "S", "SYN_SENT2")
-    # a SYN in SYN_SENT2, now that a reply was seen, stamps SYN_SENT2's timeout
-    step(tracker, d, ORIG, "S", "SYN_SENT2", T_S2)
+    # a SYN in SYN_SENT2 (the opener's retransmission: its ISN again), now
+    # that a reply was seen, stamps SYN_SENT2's timeout
+    step(tracker, d, ORIG, "S", "SYN_SENT2", T_S2, seq=d.isn[ORIG])
 
 
 def test_every_state_reads_its_own_tunable(tracker):
-    """Distinct values in every TCP timeout slot: each state must stamp its own."""
+    """Distinct values in every TCP timeout slot: each state must stamp its own.
+
+    The caps stay above them all: tcp_timeout_max_retrans caps every state
+    until an ACK sets the last window seen (the kernel's last_win is 0 after
+    SYN and SYN/ACK), tcp_timeout_unacknowledged while a FIN is unacked."""
     custom = {"tcp_timeout_syn_sent": 1001, "tcp_timeout_syn_recv": 1002,
               "tcp_timeout_established": 1003, "tcp_timeout_fin_wait": 1004,
               "tcp_timeout_close_wait": 1005, "tcp_timeout_last_ack": 1006,
               "tcp_timeout_time_wait": 1007, "tcp_timeout_close": 1008,
-              "tcp_timeout_syn_sent2": 1009, "tcp_timeout_unacknowledged": 999}
+              "tcp_timeout_syn_sent2": 1009, "tcp_timeout_unacknowledged": 2000,
+              "tcp_timeout_max_retrans": 2001}
     tracker.set(**custom)
     d = P.TcpDialog()
     step(tracker, d, ORIG, "S", "SYN_SENT", 1001)
@@ -101,10 +111,21 @@ def test_every_state_reads_its_own_tunable(tracker):
     d = P.TcpDialog()
     step(tracker, d, ORIG, "S", "SYN_SENT", 1001)
     step(tracker, d, REPLY, "S", "SYN_SENT2")
-    step(tracker, d, REPLY, "S", "SYN_SENT2", 1009)
+    step(tracker, d, REPLY, "S", "SYN_SENT2", 1009, seq=d.isn[REPLY])  # retransmitted
     tracker.reset()
-    tracker.set(**custom)
+    tracker.set(**dict(custom, tcp_timeout_unacknowledged=999))
     step(tracker, P.TcpDialog(), ORIG, "A", "ESTABLISHED", 999)  # pickup: the cap
+
+
+def test_no_window_seen_yet_caps_at_max_retrans(tracker):
+    """The kernel's last_win is set by ACKs only (tcp_in_window's retransmission
+    bookkeeping): until the first one, a state timeout above
+    tcp_timeout_max_retrans is cut to it."""
+    tracker.set(tcp_timeout_syn_sent=1001, tcp_timeout_syn_recv=1002)
+    d = P.TcpDialog()
+    step(tracker, d, ORIG, "S", "SYN_SENT", T_RETRANS)
+    step(tracker, d, REPLY, "SA", "SYN_RECV", T_RETRANS)
+    step(tracker, d, ORIG, "A", "ESTABLISHED", T_ES)
 
 
 def test_established_timeout_is_live(tracker):
@@ -281,14 +302,19 @@ def test_syn_retransmit_does_not_refresh_syn_sent(tracker):
     out = tracker.send(d.frame(ORIG, "S", seq=d.isn[ORIG]))
     assert out.state == "new"
     f = tracker.flow()
-    assert f.state == "SYN_SENT" and tracker.timeout_is(f, 20) and f.packets == (2, 0)
+    # neither refreshed nor counted: the kernel returns before nf_ct_refresh_acct
+    assert f.state == "SYN_SENT" and tracker.timeout_is(f, 20) and f.packets == (1, 0)
 
 
 def test_pickup_is_capped_until_answered_then_assured(tracker):
     """Checked on this kernel: the answer itself still gets the 300 s cap
     (SEEN_REPLY is set only after the tracker ran) and ASSURED comes with the
-    next packet: `ESTABLISHED 299 [UNREPLIED]`, `ESTABLISHED 299`,
-    `ESTABLISHED 431999 [ASSURED]`."""
+    next packet: `ESTABLISHED 299 [UNREPLIED]` (twice), `ESTABLISHED 299`,
+    `ESTABLISHED 299 [ASSURED]`, `ESTABLISHED 431999 [ASSURED]`. The
+    picked-up side is liberal: its window checks fail quietly and record
+    nothing, so the data of the second packet is only recorded (as
+    unacknowledged) by the opener's next in-window ACK, and the full timeout
+    waits for the peer's ACK of it."""
     d = P.TcpDialog()
     out, f = step(tracker, d, ORIG, "A", "ESTABLISHED", T_UNACK, "new")
     assert f.unreplied and not f.assured
@@ -296,8 +322,10 @@ def test_pickup_is_capped_until_answered_then_assured(tracker):
     assert f.unreplied and not f.assured
     out, f = step(tracker, d, REPLY, "A", "ESTABLISHED", T_UNACK, "established")
     assert not f.unreplied and not f.assured and f.table == "new"
-    out, f = step(tracker, d, ORIG, "A", "ESTABLISHED", T_ES, "established")
+    out, f = step(tracker, d, ORIG, "A", "ESTABLISHED", T_UNACK, "established")
     assert f.assured and f.table == "assured" and out.moved("promote") == 1
+    out, f = step(tracker, d, REPLY, "A", "ESTABLISHED", T_ES, "established")
+    assert f.assured
 
 
 def test_pickup_with_a_lower_unacknowledged_cap(tracker):
@@ -432,14 +460,16 @@ def test_challenge_ack_in_last_ack_does_not_close(tracker):
     step(tracker, d, REPLY, "A", "CLOSE_WAIT")
     step(tracker, d, REPLY, "FA", "LAST_ACK")
     tracker.age(expires_in=25)
+    rcv_nxt = d.nxt[ORIG]          # what the server expects from the client
     out = tracker.send(d.frame(ORIG, "S"))
     assert out.moved("ignored") == 1 and tracker.flow().state == "LAST_ACK"
-    out = tracker.send(d.frame(REPLY, "A"))
+    # the challenge ACK acks the old connection's sequence, not the new SYN
+    out = tracker.send(d.frame(REPLY, "A", ack=rcv_nxt))
     assert out.state == "established" and out.moved("ignored") == 1
     f = tracker.flow()
     assert f.state == "LAST_ACK" and tracker.timeout_is(f, 25)
     # the next ACK is a real one
-    step(tracker, d, REPLY, "A", "TIME_WAIT", T_TW)
+    step(tracker, d, REPLY, "A", "TIME_WAIT", T_TW, ack=rcv_nxt)
 
 
 def test_ack_from_the_same_side_after_an_ignored_syn_is_not_a_challenge_ack(tracker):
@@ -448,8 +478,10 @@ def test_ack_from_the_same_side_after_an_ignored_syn_is_not_a_challenge_ack(trac
     step(tracker, d, ORIG, "FA", "FIN_WAIT")
     step(tracker, d, REPLY, "A", "CLOSE_WAIT")
     step(tracker, d, REPLY, "FA", "LAST_ACK")
+    snd_nxt = d.nxt[ORIG]
     tracker.send(d.frame(ORIG, "S"))
-    step(tracker, d, ORIG, "A", "TIME_WAIT", T_TW)
+    # the client's last ACK, in the old connection's sequence space
+    step(tracker, d, ORIG, "A", "TIME_WAIT", T_TW, seq=snd_nxt)
 
 
 # --------------------------------------------------------------------------

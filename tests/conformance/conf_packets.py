@@ -222,16 +222,20 @@ class TcpConv:
         self.last: dict[str, object] = {}
 
     def l3(self, side: str, flags: str, data: bytes = b"", seq: int | None = None,
-           ack: int | None = None, window: int = 65535, ext=()):
+           ack: int | None = None, window: int = 65535, ext=(), opts=()):
         """(packet, seq): a segment from `side`; `ext` are IPv6 extension
-        headers to put between the IPv6 and the TCP header."""
+        headers to put between the IPv6 and the TCP header, `opts` TCP
+        options in scapy's form (("WScale", 7), ("SAckOK", b""),
+        ("SAck", (left, right, ...)))."""
         peer = OTHER[side]
         if seq is None:
             seq = self.nxt[side]
         if ack is None:
             ack = self.nxt[peer] if "A" in flags else 0
         tcp = TCP(sport=self.port[side], dport=self.port[peer], flags=flags or 0,
-                  seq=seq % 2**32, ack=ack % 2**32, window=window)
+                  seq=seq % 2**32, ack=ack % 2**32, window=window,
+                  options=[(k, tuple(v % 2**32 for v in o) if k == "SAck" else o)
+                           for k, o in opts])
         pkt = self.ctx.ip(side, self.v6)
         for hdr in ext:
             pkt = pkt / hdr.copy()
@@ -242,8 +246,8 @@ class TcpConv:
 
     def send(self, side: str, flags: str, data: bytes = b"", *, seq: int | None = None,
              ack: int | None = None, label: str | None = None, advance: bool = True,
-             window: int = 65535, ext=()) -> Step:
-        pkt, seq = self.l3(side, flags, data, seq, ack, window, ext)
+             window: int = 65535, ext=(), opts=()) -> Step:
+        pkt, seq = self.l3(side, flags, data, seq, ack, window, ext, opts)
         if advance and seq == self.nxt[side]:
             self.nxt[side] += len(data) + ("S" in flags) + ("F" in flags)
         self.last[side] = pkt
@@ -263,9 +267,11 @@ class TcpConv:
         return self.ctx.send(side, pkt, label or f"{side}>{OTHER[side]} "
                                                  f"{pkt[TCP].sprintf('%TCP.flags%')} again")
 
-    def handshake(self) -> None:
-        self.c("S")
-        self.s("SA")
+    def handshake(self, copts=(), sopts=()) -> None:
+        """SYN, SYN/ACK, ACK; `copts`/`sopts` are the SYN's and the SYN/ACK's
+        options (window scale, SACK-permitted)."""
+        self.c("S", opts=copts)
+        self.s("SA", opts=sopts)
         self.c("A")
 
     def inner(self, side: str = "c", flags: str = "S") -> bytes:

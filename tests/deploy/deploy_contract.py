@@ -42,6 +42,7 @@ COLLECTOR_METRICS = frozenset({
     "ctbpf_events_lost_total",
     "ctbpf_expiry_index_lost_total",
     "ctbpf_dropped_packets_total",      # {cause}
+    "ctbpf_untracked_no_stage_total",
     "ctbpf_icmp_errors_total",
     "ctbpf_non_ip_frames_total",
     "ctbpf_build_info",                 # {version, layout_version}

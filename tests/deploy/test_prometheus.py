@@ -18,6 +18,7 @@ EXPECTED_ALERTS = {
     "CtbpfInvalidSurge",          # INVALID surge
     "CtbpfSweeperStalled",        # sweeper falling behind: not running at all
     "CtbpfSweeperFallingBehind",  # sweeper falling behind: busy all the time
+    "CtbpfTrackerStageMissing",   # flows passed untracked: a program-array slot is empty
 }
 
 

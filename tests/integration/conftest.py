@@ -36,8 +36,8 @@ from ctbpf.lab.netns import Lab, list_namespaces, unavailable_reason
 REPO = Path(__file__).resolve().parents[2]
 #: How every test runs the CLI (ctbpf/cli/main.py has `if __name__ == "__main__"`).
 CTBPF = [sys.executable, "-m", "ctbpf"]
-#: Seconds a tracker may take to compile, load and attach (BCC: about 1.3 s here).
-READY_TIMEOUT = 20.0
+#: Seconds a tracker may take to compile, load and attach (BCC: about 4 s here, 6 s with TC).
+READY_TIMEOUT = 60.0
 #: Seconds a tracker may take to detach and exit after SIGINT/SIGTERM.
 STOP_TIMEOUT = 10.0
 #: Seconds for one `ctbpf list`/`stats` run.
@@ -179,6 +179,7 @@ class Tracker:
         self.ifaces = tuple(ifaces)
         self.argv = [*CTBPF, "run", *(a for i in self.ifaces for a in ("--iface", i)),
                      *(["--pin-dir", str(pin_dir)] if pin_dir is not None else []), *extra]
+        self.cli_argv = list(CTBPF)  # which build's CLI reads the maps
         self.proc: subprocess.Popen | None = None
         self.ready_line = ""
         self.returncode: int | None = None
@@ -279,7 +280,7 @@ class Tracker:
     def cli(self, *args: object, check: bool = True,
             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
         pin = ["--pin-dir", str(self.pin_dir)] if self.pin_dir is not None else []
-        cp = run_in(self.lab, self.ns, [*CTBPF, *args, *pin], timeout=timeout)
+        cp = run_in(self.lab, self.ns, [*self.cli_argv, *args, *pin], timeout=timeout)
         if check and cp.returncode != 0:
             raise TrackerError(f"ctbpf {' '.join(map(str, args))} exited {cp.returncode}: "
                                f"{cp.stderr.strip()}")

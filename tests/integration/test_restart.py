@@ -467,9 +467,103 @@ def test_other_layout_with_a_registered_migration_keeps_every_entry(lab, pin_dir
     conns.command("quit")
 
 
+#: The last build before window tracking: layout version 2, 56-byte entries.
+PREVIOUS_BUILD = "43a7730"
+REPO = Path(__file__).resolve().parents[2]
+
+_RUN_FROM = ("import runpy, sys; sys.path.insert(0, {root!r}); "
+             "runpy.run_module('ctbpf', run_name='__main__', alter_sys=True)")
+
+
+@pytest.fixture(scope="module")
+def previous_build(tmp_path_factory) -> Path:
+    """The source tree of PREVIOUS_BUILD, from this repository's history (a
+    clean clone has it): its own ctbpf package and bpf/ sources."""
+    root = tmp_path_factory.mktemp("previous-build")
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", PREVIOUS_BUILD, "ctbpf",
+                                  "bpf"], capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise AssertionError(f"the migration test needs build {PREVIOUS_BUILD} from git "
+                             f"history (a clone, not an export): {e}") from None
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True, timeout=60)
+    return root
+
+
+def _kept_previous_tracker(lab, pin_dir, previous_build: Path, conns_count: int = 4):
+    """The previous build's `ctbpf run --keep-attached` on the lab, with
+    ESTABLISHED connections through it, stopped: a real layout 2 pin set
+    and datapath left running, as an upgrade finds them."""
+    tr = Tracker(lab, pin_dir, extra=["--keep-attached"])
+    tr.cli_argv = [sys.executable, "-c", _RUN_FROM.format(root=str(previous_build))]
+    tr.argv = [*tr.cli_argv, *tr.argv[3:]]
+    tr.start()
+    try:
+        assert layout_version(pin_dir) == 2, "the previous build must write layout 2"
+        conns = Conns(lab, conns_count)
+        wait_for("connections ESTABLISHED and ASSURED", lambda: all_established(conns, tr))
+    except BaseException:
+        tr.kill()
+        raise
+    stop_keeping(tr)
+    return tr, conns
+
+
+def _window_flags(pin_dir: Path) -> list[tuple[int, int, int]]:
+    """(side 0 flags, side 1 flags, side 0 td_maxwin) of every TCP entry."""
+    from ctbpf.datapath import rawmaps  # noqa: PLC0415
+
+    out = []
+    for table in ("ct_assured", "ct_new"):
+        fd = bpfsys.obj_get(str(pin_dir / table))
+        try:
+            keys, values, count = bpfsys.lookup_batch(fd, rawmaps.KEY_SIZE, rawmaps.ENTRY_SIZE,
+                                                      bpfsys.map_info(fd).max_entries)
+        finally:
+            os.close(fd)
+        for i in range(count):
+            k = abi.CtKey.from_buffer_copy(keys, i * rawmaps.KEY_SIZE)
+            e = abi.CtEntry.from_buffer_copy(values, i * rawmaps.ENTRY_SIZE)
+            if k.proto == 6:
+                out.append((e.side[0].flags, e.side[1].flags, e.side[0].td_maxwin))
+    return out
+
+
+def test_layout_2_pins_of_the_previous_build_migrate(lab, pin_dir, previous_build,
+                                                     start_tracker):
+    """The upgrade this build ships: a datapath of the previous build
+    (layout 2, no window state) running with live connections is rebuilt
+    into layout 3 without losing one; each TCP flow's windows start as the
+    kernel's do for a picked-up connection (SACK permitted, liberal), then
+    its own segments fill them in."""
+    tr, conns = _kept_previous_tracker(lab, pin_dir, previous_build)
+    before = conns.flows(json.loads(cli(tr, "list", "-o", "json").stdout))
+
+    tr2 = start_tracker(pin_dir)
+    assert layout_version(pin_dir) == abi.LAYOUT_VERSION
+    after = conns.flows(tr2.list_json())
+    assert set(after) == set(before) == conns.ports
+    for f in after.values():
+        assert f["state"] == "ESTABLISHED" and "ASSURED" in f["flags"], f
+    pickup = abi.const("CT_TS_SACK_PERM") | abi.const("CT_TS_BE_LIBERAL")
+    windows = _window_flags(pin_dir)
+    assert len(windows) >= len(conns.ports), windows
+    assert all(a & pickup == pickup and b & pickup == pickup for a, b, _ in windows), windows
+    assert conns.check()["ok"] == len(conns.ports)
+    wait_for("migrated flows' windows set by their own segments",
+             lambda: all(w > 0 for _, _, w in _window_flags(pin_dir)))
+    stats = tr2.stats()
+    assert stats["packets"]["invalid"] == 0, stats["invalid"]
+    tr2.stop(signal.SIGINT)
+    m = re.search(r"migrated (\d+) entries of the pinned maps from layout version 2 ", tr2.stderr)
+    assert m and int(m.group(1)) >= len(conns.ports), tr2.stderr
+    conns.command("quit")
+
+
 def _make_layout_1(pin_dir: Path) -> None:
-    """Turn a pin set of this build into one of layout 1 as a 1.x build left
-    it: ct_stats of 48 counters (its values kept), version 1 in ct_config."""
+    """Turn a layout 2 pin set (the previous build's) into one of layout 1
+    as a 1.x build left it: ct_stats of 48 counters (its values kept),
+    version 1 in ct_config; entries were the same in 1 and 2."""
     from ctbpf.datapath import rawmaps  # noqa: PLC0415
 
     path = str(pin_dir / "ct_stats")
@@ -491,10 +585,10 @@ def _make_layout_1(pin_dir: Path) -> None:
     set_layout_version(pin_dir, 1)
 
 
-def test_layout_1_pins_migrate_to_this_build(lab, pin_dir, start_tracker):
-    """The real migration this build ships (ct_stats grew from 48 to 64
-    counters): entries and counters carried over, nothing asked of the user."""
-    tr, conns = _kept_tracker(lab, pin_dir, start_tracker)
+def test_layout_1_pins_migrate_to_this_build(lab, pin_dir, previous_build, start_tracker):
+    """Layout 1 (ct_stats of 48 counters, 56-byte entries): entries and
+    counters carried over, nothing asked of the user."""
+    tr, conns = _kept_previous_tracker(lab, pin_dir, previous_build)
     before = conns.flows(json.loads(cli(tr, "list", "-o", "json").stdout))
     stats_before = json.loads(cli(tr, "stats", "-o", "json").stdout)
     _make_layout_1(pin_dir)
