@@ -429,15 +429,19 @@ def test_refused_connection_entry_disappears(shared_tracker, peer, family):
     # 2. Watched: hold the RST, see SYN_SENT [UNREPLIED], release it, see the entry go.
     cli = peer(lab, "client")
     with holding(lab, "server", "rst", "tcp flags & rst == rst"):
+        start = tracker.stats()
         sport = int(cli(f"connect {family} {sip} {port}"))
         mine = lambda lines: flow_lines(lines, cip, sip, sport, port)  # noqa: E731
         syn_sent = proc_line_re("tcp", cip, sip, sport=sport, dport=port, state="SYN_SENT",
                                 unreplied=True)
         expect_line(tracker, syn_sent, 117, 120, "SYN_SENT before the RST", mine)
-        # A retransmitted SYN (1 s later) is counted but, as in the kernel,
-        # does not renew the timeout: a dead entry must not live forever.
-        poll(lambda: tracker.list_json("-p", "tcp", "--sport", sport, "--dport", port),
-             lambda fs: fs and fs[0]["packets"]["orig"] >= 2, "a retransmitted SYN")
+        # A retransmitted SYN (1 s later) is tracked (a NEW packet) but, as
+        # in the kernel, neither renews the timeout (a dead entry must not
+        # live forever) nor counts in the entry's packets.
+        poll(lambda: stat_delta(start, tracker.stats(), "packets"),
+             lambda d: d["new"] >= 2, "a retransmitted SYN")
+        flows = tracker.list_json("-p", "tcp", "--sport", sport, "--dport", port)
+        assert [f["packets"]["orig"] for f in flows] == [1], flows
         m = expect_line(tracker, syn_sent, 110, 120, "SYN_SENT after a retransmission", mine)
         assert int(m["timeout"]) <= 118, f"a retransmitted SYN renewed the timeout: {m.string}"
         mid = tracker.stats()
