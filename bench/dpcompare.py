@@ -109,12 +109,15 @@ The data segment and the 1M-flow warm hit move by the same amounts. UDP
 
 IPv6 pays about 4 ns more than IPv4 outside the window code (IPv4: -1):
 the stage rebuilds the 40-byte key from the per-CPU scratch copy of the
-packet, with IPv6's 32 address bytes. For a new flow the SYN's option walk is
-about 390 ns of the +600 (after - noopt): it runs all 32 steps
-(`CT_TCP_OPT_STEPS`) whatever the options, about 10 ns a step; in 8 steps
-(`optsteps8`, enough for Linux's 5 options) it saves 240-285 ns. The other
-~200 ns are the staged miss path (three tail calls, the scratch), the
-120-byte entry zeroed and inserted, and its 184-byte event.
+packet, with IPv6's 32 address bytes. For a new flow the SYN's option walk
+was about 390 ns of a +600 (after - noopt) while it ran all 32 steps
+whatever the options, about 10 ns a step; it now stops after 8 steps when
+the options are done (`CT_TCP_OPT_FAST_STEPS`, enough for Linux's 5), which
+took the new-flow cost from +715 to +425 ns. The rest is the staged miss
+path (three tail calls, the scratch), the 120-byte entry zeroed and
+inserted, and its 184-byte event. The breakdown above was measured before
+the window edges became compare-and-swap updates (bpf/tcpwin.h, tcp_raise:
+two CPUs on one flow), which the recorded run includes: about +1.5 ns.
 
 **What would close the gap** (not done: bpf/ is not the benchmark's): on
 the hit, the window updates (5-6 ns) are the largest part: skip the stores
@@ -123,10 +126,10 @@ fields are rewritten with equal values on an in-order ACK) or take a fast
 path for an in-order segment of an ESTABLISHED flow (seq == td_end, ack
 within the window, no SYN/RST/SACK) that does only what moves; build the
 key in the parse stage and hand it over in the scratch, as the ASSURED
-stage needs it (the IPv6 4 ns). Inlining the ASSURED stage (no tail call)
-or zeroing the option buffer later (`optfast`) measured no gain. For new
-flows: stop the option walk at the end of the options (an exit when no
-step is live, or walking at most `doff` bytes) instead of always 32 steps.
+stage needs it (the IPv6 4 ns, which would bring IPv6 back under the 15 ns
+budget it misses by 0.4). Inlining the ASSURED stage (no tail call) or
+zeroing the option buffer later (`optfast`) measured no gain. For new flows:
+an exit after every step once the options are done (now after 8 only).
 """
 
 
