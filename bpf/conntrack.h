@@ -94,32 +94,40 @@ static __always_inline void ct_destroy(struct ct_key *key, const struct ct_entry
 }
 
 /**
+ * ct_find_in - the live entry of a key in one table (ct_assured when
+ * in_assured, a constant at each call, else ct_new). An expired entry
+ * counts as absent and is removed here; the sweeper only reclaims what no
+ * packet revisits.
+ */
+static __always_inline struct ct_entry *ct_find_in(struct ct_key *key, __u64 now, int in_assured,
+						   const struct ct_config *cfg,
+						   struct ct_counters *st)
+{
+	struct ct_entry *e = in_assured ? ct_assured.lookup(key) : ct_new.lookup(key);
+
+	if (e && e->expires_ns <= now) {
+		ct_destroy(key, e, in_assured, CT_DESTROY_EXPIRED, CT_STAT_EXPIRED_SEEN, cfg, st);
+		e = 0;
+	}
+	return e;
+}
+
+/**
  * ct_find - the live entry of a key, ASSURED table first so that established
- * traffic needs one lookup. An expired entry counts as absent and is removed
- * here; the sweeper only reclaims what no packet revisits.
+ * traffic needs one lookup.
  */
 static __always_inline struct ct_entry *ct_find(struct ct_key *key, __u64 now,
 						int *in_assured, const struct ct_config *cfg,
 						struct ct_counters *st)
 {
-	struct ct_entry *e = ct_assured.lookup(key);
+	struct ct_entry *e = ct_find_in(key, now, 1, cfg, st);
 
 	if (e) {
-		if (e->expires_ns > now) {
-			*in_assured = 1;
-			return e;
-		}
-		ct_destroy(key, e, 1, CT_DESTROY_EXPIRED, CT_STAT_EXPIRED_SEEN, cfg, st);
+		*in_assured = 1;
+		return e;
 	}
-	e = ct_new.lookup(key);
-	if (e) {
-		if (e->expires_ns > now) {
-			*in_assured = 0;
-			return e;
-		}
-		ct_destroy(key, e, 0, CT_DESTROY_EXPIRED, CT_STAT_EXPIRED_SEEN, cfg, st);
-	}
-	return 0;
+	*in_assured = 0;
+	return ct_find_in(key, now, 0, cfg, st);
 }
 
 static __always_inline int ct_is_icmp(const struct ct_tuple *t)
@@ -453,18 +461,8 @@ static __always_inline int ct_process_flow(void *ctx, __u32 ifindex, __u32 hook,
 		__builtin_memset(&sc->key, 0, sizeof(sc->key));
 		sc->src_is_hi = flow_key_from_tuple(&sc->pkt.t, &sc->key);
 	}
-	if (stage == CT_STAGE_ASSURED)
-		e = ct_assured.lookup(&sc->key);
-	else if (stage == CT_STAGE_NEW)
-		e = ct_new.lookup(&sc->key);
 	if (stage != CT_STAGE_FRESH) {
-		/* An expired entry counts as absent and is removed here; the
-		 * sweeper only reclaims what no packet revisits. */
-		if (e && e->expires_ns <= now) {
-			ct_destroy(&sc->key, e, stage == CT_STAGE_ASSURED, CT_DESTROY_EXPIRED,
-				   CT_STAT_EXPIRED_SEEN, cfg, st);
-			e = 0;
-		}
+		e = ct_find_in(&sc->key, now, stage == CT_STAGE_ASSURED, cfg, st);
 		if (!e) {
 			ct_next_stage(ctx, hook, stage + 1);
 			ct_count(st, CT_STAT_NO_TRACKER);
