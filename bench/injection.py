@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench.common import MIN_RUNS, ROOT, spread, target_row
+from ctbpf.lab.inject import FIREWALL, TTL, WATCH, kernel_ruleset
 
 HELP = "blind RST/data/ACK injection into live TCP connections: ctbpf enforce vs nf_conntrack"
 
@@ -66,31 +67,10 @@ reported next to its throughput without.
 CONFIGS = ("ctbpf-enforce", "nf_conntrack")
 INJECT = [sys.executable, "-m", "ctbpf.lab.inject"]
 BPFFS = Path("/sys/fs/bpf")
-TTL = 77
 SILENCE = 12.0
 #: Seconds the crafted segments of one attacked transfer are spread over.
 ATTACK_SPREAD = 0.25
 IDLE_SEGMENTS = 3000
-FIREWALL = """\
-mode = "enforce"
-
-[policy.in.cli0]
-accept = ["new", "established", "related"]
-new_requires_syn = true
-default = "drop"
-
-[policy.in.srv0]
-accept = ["established", "related"]
-default = "drop"
-"""
-WATCH = f"""\
-table ip injwatch {{
-\tchain pre {{
-\t\ttype filter hook prerouting priority -300; policy accept;
-\t\tip ttl {TTL - 1} meta l4proto tcp counter
-\t}}
-}}
-"""
 
 
 def add_arguments(g) -> None:
@@ -104,13 +84,6 @@ def add_arguments(g) -> None:
                    help=f"among {', '.join(CONFIGS)} (default all)")
 
 
-def kernel_ruleset() -> str:
-    from ctbpf.agent.configfile import parse_text  # noqa: PLC0415
-    from ctbpf.policy.model import PolicySet  # noqa: PLC0415
-    from ctbpf.policy.nftables import to_nft  # noqa: PLC0415
-
-    cfg = parse_text(FIREWALL, "firewall.toml")
-    return to_nft(PolicySet(cfg.mode, cfg.policies))
 
 
 class Bench:

@@ -58,6 +58,48 @@ import time
 import zlib
 
 CHUNK = 256 * 1024
+
+#: The crafted segments leave the client with this IP TTL; the router makes
+#: it one less, which is how the server's counter (WATCH) tells them from
+#: the connection's own segments.
+TTL = 77
+
+#: The spec's firewall as a ctbpf config (as in tests/integration/
+#: test_enforce.py): the client side opens, the server side only answers,
+#: INVALID is dropped.
+FIREWALL = """\
+mode = "enforce"
+
+[policy.in.cli0]
+accept = ["new", "established", "related"]
+new_requires_syn = true
+default = "drop"
+
+[policy.in.srv0]
+accept = ["established", "related"]
+default = "drop"
+"""
+
+#: The server namespace's nft table: counts the crafted segments that got through.
+WATCH = f"""\
+table ip injwatch {{
+\tchain pre {{
+\t\ttype filter hook prerouting priority -300; policy accept;
+\t\tip ttl {TTL - 1} meta l4proto tcp counter
+\t}}
+}}
+"""
+
+
+def kernel_ruleset() -> str:
+    """FIREWALL for the kernel's nf_conntrack: the nftables ruleset `ctbpf
+    policy --explain` prints for it."""
+    from ctbpf.agent.configfile import parse_text  # noqa: PLC0415 - the tools need only stdlib
+    from ctbpf.policy.model import PolicySet  # noqa: PLC0415
+    from ctbpf.policy.nftables import to_nft  # noqa: PLC0415
+
+    cfg = parse_text(FIREWALL, "firewall.toml")
+    return to_nft(PolicySet(cfg.mode, cfg.policies))
 #: The bulk stream: this block over and over (a prime-ish length, so chunk
 #: borders fall everywhere in it).
 BLOCK_LEN = (1 << 20) + 13
@@ -130,14 +172,20 @@ def bulk_server(a) -> int:
     return 0 if sent == a.bytes else 1
 
 
+def _connect(host: str, port: int, bind_port: int) -> socket.socket:
+    """A client connection from bind_port (0: any), within 5 s."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", bind_port))
+    s.settimeout(5.0)
+    s.connect((host, port))
+    return s
+
+
 def bulk_client(a) -> int:
     expected = stream_crc(a.bytes)
     deadline = time.monotonic() + a.timeout
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", a.bind_port))
-    s.settimeout(5.0)
-    s.connect((a.host, a.port))
+    s = _connect(a.host, a.port, a.bind_port)
     t_start = time.monotonic()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -197,11 +245,7 @@ def echo_server(a) -> int:
 
 def echo_client(a) -> int:
     deadline = time.monotonic() + a.timeout
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", a.bind_port))
-    s.settimeout(5.0)
-    s.connect((a.host, a.port))
+    s = _connect(a.host, a.port, a.bind_port)
     out(event="connected", sport=s.getsockname()[1])
     pings = 0
     while time.monotonic() < deadline and pings < 10_000:
@@ -234,7 +278,8 @@ def echo_client(a) -> int:
 # the attacker
 
 
-def _csum(data: bytes) -> int:
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of data."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -249,7 +294,7 @@ def segment(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, 
     hdr = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
                       5 << 4, flags, window, 0, 0)
     pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(hdr) + len(payload))
-    c = _csum(pseudo + hdr + payload)
+    c = inet_checksum(pseudo + hdr + payload)
     return hdr[:16] + struct.pack("!H", c) + hdr[18:] + payload
 
 
@@ -390,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=0.0,
                    help="spread the segments over this long (0: as fast as possible)")
     p.add_argument("--learn-timeout", type=float, default=10.0)
-    p.add_argument("--ttl", type=int, default=77)
+    p.add_argument("--ttl", type=int, default=TTL)
     p.add_argument("--iface", default="eth0")
     p.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)

@@ -644,6 +644,13 @@ def sc_tcp_window_zero_window(x: Ctx) -> None:
 SEG = b"w" * 1400                    # one full-sized segment of data
 
 
+def data_100k_ahead(t) -> None:
+    """The client's probe of the window: a data segment 100 kB past its next
+    sequence number (which it does not advance). In window only where the
+    receiver's window is scaled up to cover it."""
+    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+
+
 def syn_opts(wscale: int | None = 7, sack: bool = True) -> list:
     """What a SYN of a modern stack carries: MSS, SACK-permitted, window scale."""
     opts: list = [("MSS", 1460)]
@@ -687,7 +694,7 @@ def sc_tcp_window_wscale0(x: Ctx) -> None:
     t.c("PA", SEG, seq=t.nxt["c"] + 200_000, advance=False, label="c>s PA 200 kB ahead")
     t.c("PA", SEG)
     t.s("A")
-    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+    data_100k_ahead(t)
     t.c("PA", SEG)
     t.s("A")
 
@@ -730,7 +737,7 @@ def sc_tcp_window_wscale_one_side(x: Ctx) -> None:
     t.s("SA", window=1024, opts=syn_opts(None), label="s>c SA window 1024, no scale")
     t.c("A")
     t.s("A", window=1024, label="s>c A window 1024 (unscaled)")
-    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+    data_100k_ahead(t)
     t.c("PA", b"y" * 1000)
     t.s("A", window=1024)
 
@@ -1220,7 +1227,7 @@ def sc_tcp_window_simultaneous_open_wscale(x: Ctx) -> None:
     t.s("SA", seq=s_isn, ack=c_isn + 1, advance=False, opts=syn_opts(7))
     t.c("A")
     t.s("A", window=1024)
-    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+    data_100k_ahead(t)
     t.s("A")
 
 
@@ -1238,7 +1245,7 @@ def sc_tcp_window_syn_reinit_keeps_options(x: Ctx) -> None:
     t.s("SA", window=1024, opts=syn_opts(7))
     t.c("A")
     t.s("A", window=1024, label="s>c A window 1024 (x128)")
-    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+    data_100k_ahead(t)
     t.s("A", window=1024)
 
 
@@ -1255,7 +1262,7 @@ def sc_tcp_window_syn_reinit_drops_wscale(x: Ctx) -> None:
     t.s("SA", window=1024, opts=syn_opts(7))
     t.c("A")
     t.s("A", window=1024, label="s>c A window 1024")
-    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+    data_100k_ahead(t)
     t.c("PA", SEG)
     t.s("A", window=1024)
 
@@ -1270,7 +1277,7 @@ def sc_tcp_window_wscale_not_on_syn(x: Ctx) -> None:
     t.s("SA", window=1024, opts=syn_opts(None))
     t.c("A")
     t.s("A", window=1024, opts=[("NOP", None), ("WScale", 7)], label="s>c A + WScale 7")
-    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+    data_100k_ahead(t)
     t.c("PA", b"z" * 1000)
     t.s("A", window=1024)
 
@@ -1396,7 +1403,7 @@ def sc_tcp_window_wscale_option_walk(x: Ctx) -> None:
         t.s("SA", window=1024, opts=syn_opts(7))
         t.c("A")
         t.s("A", window=1024, label="s>c A window 1024")
-        t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+        data_100k_ahead(t)
 
 
 @scenario("tcp-window")
@@ -1414,7 +1421,7 @@ def sc_tcp_window_resync_wscale(x: Ctx) -> None:
     t.s("SA", window=1024, opts=syn_opts(7))
     t.c("A")
     t.s("A", window=1024, label="s>c A window 1024 (x128)")
-    t.c("PA", SEG, seq=t.nxt["c"] + 100_000, advance=False, label="c>s PA 100 kB ahead")
+    data_100k_ahead(t)
     t.s("A", window=1024)
 
 

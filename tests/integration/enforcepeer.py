@@ -39,6 +39,8 @@ import struct
 import sys
 import time
 
+from ctbpf.lab.inject import inet_checksum
+
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 
@@ -210,15 +212,6 @@ def udp_probe(args) -> int:
     return 0
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20}
 
 
@@ -236,7 +229,7 @@ def tcp_segment(src: str, dst: str, sport: int, dport: int, flags: str) -> bytes
         pseudo = a + b + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(hdr))
     else:
         pseudo = a + b + struct.pack("!I3xB", len(hdr), socket.IPPROTO_TCP)
-    return hdr[:16] + struct.pack("!H", _csum(pseudo + hdr)) + hdr[18:]
+    return hdr[:16] + struct.pack("!H", inet_checksum(pseudo + hdr)) + hdr[18:]
 
 
 def craft(args) -> int:

@@ -46,6 +46,7 @@ import pytest
 
 from conftest import (REPO, Tracker, _a_lab, _trackers, bpf_unavailable, cannot,
                       lab_unavailable, new_pin_dir, remove_pin_dir)
+from ctbpf.lab.inject import FIREWALL, TTL, WATCH, kernel_ruleset
 from ctbpf.lab.netns import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -56,46 +57,9 @@ BULK_SEGMENTS = 10_000
 IDLE_SEGMENTS = 3_000
 #: Longer than tcp_timeout_close (10 s): an entry moved to CLOSE would be gone.
 SILENCE = 12.0
-#: The crafted segments leave the client with this TTL; the router makes it
-#: one less, which is how the server counts what reached it.
-TTL = 77
-#: Reasons bpf/tcp.h gives the four kinds (ctbpf.lab.inject.KINDS).
+#: Reasons bpf/tcpwin.h and bpf/tcp.h give the four kinds (ctbpf.lab.inject.KINDS).
 REASON_OF = {"rst_over": "tcp_seq_over", "rst_under": "tcp_rst", "data_over": "tcp_seq_over",
              "ack_over": "tcp_ack_over"}
-
-#: The spec's firewall (as in test_enforce.py): the client side opens, the
-#: server side only answers, INVALID is dropped.
-FIREWALL = """\
-mode = "enforce"
-
-[policy.in.cli0]
-accept = ["new", "established", "related"]
-new_requires_syn = true
-default = "drop"
-
-[policy.in.srv0]
-accept = ["established", "related"]
-default = "drop"
-"""
-#: What the server namespace counts: crafted segments that got through.
-WATCH = f"""\
-table ip injwatch {{
-\tchain pre {{
-\t\ttype filter hook prerouting priority -300; policy accept;
-\t\tip ttl {TTL - 1} meta l4proto tcp counter
-\t}}
-}}
-"""
-
-
-def kernel_ruleset() -> str:
-    """The firewall as nftables, as `ctbpf policy --explain` gives it."""
-    from ctbpf.agent.configfile import parse_text  # noqa: PLC0415
-    from ctbpf.policy.model import PolicySet  # noqa: PLC0415
-    from ctbpf.policy.nftables import to_nft  # noqa: PLC0415
-
-    cfg = parse_text(FIREWALL, "firewall.toml")
-    return to_nft(PolicySet(cfg.mode, cfg.policies))
 
 
 # --------------------------------------------------------------------------
