@@ -429,30 +429,7 @@ class Rebuild:
             if s is not None and s[0] != o[0]:
                 bpfsys.delete(self._new[s[0]], kbuf)
 
-        self._end_resync(final)
-
-    def _end_resync(self, final: dict[bytes, tuple[str, bytes]]) -> None:
-        """Every TCP entry of the new tables with the later window edges of
-        both tables, its resync mark cleared: strict checks from here on.
-        Each entry is read again just before it is written, so that what the
-        new programs wrote since the table was listed is kept (a batch write
-        of a listing put windows back by milliseconds: valid segments then
-        came out INVALID)."""
-        value = ctypes.create_string_buffer(ENTRY_SIZE)
-        for key, (t, _) in read_tables(self._new).items():
-            if not resync.is_tcp(key):
-                continue
-            kbuf = ctypes.create_string_buffer(key, KEY_SIZE)
-            if not bpfsys.lookup(self._new[t], kbuf, value):
-                continue            # gone meanwhile (moved, closed): nothing to clear
-            o = final.get(key)
-            merged = resync.merged(value.raw, o[1] if o is not None else None)
-            try:
-                bpfsys.update(self._new[t], kbuf, ctypes.create_string_buffer(merged, ENTRY_SIZE),
-                              bpfsys.BPF_EXIST)
-            except bpfsys.BpfError as e:
-                if e.errno != errno.ENOENT:
-                    log.warning("ending the window resync of an entry failed: %s", e)
+        resync.end(self._new, final)
 
     def _add_window_counters(self) -> None:
         old = read_percpu(self._old["ct_stats"], bpfsys.map_info(self._old["ct_stats"]).value_size)

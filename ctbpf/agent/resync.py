@@ -12,7 +12,15 @@ mark cleared, and from then on its segments are checked strictly again.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import logging
+
 from ctbpf import abi
+from ctbpf.datapath import bpfsys
+from ctbpf.datapath.rawmaps import ENTRY_SIZE, KEY_SIZE, read_tables
+
+log = logging.getLogger(__name__)
 
 _RESYNC = abi.const("CT_TS_RESYNC")
 _MAXACK_SET = abi.const("CT_TS_MAXACK_SET")
@@ -63,3 +71,27 @@ def merged(base: bytes, old: bytes | None) -> bytes:
                               if side.flags & _MAXACK_SET else os_.td_maxack)
             side.flags |= _MAXACK_SET
     return bytes(e)
+
+
+def end(tables: dict[str, int], final: dict[bytes, tuple[str, bytes]]) -> None:
+    """Every TCP entry of the new tables (name -> fd) with the later window
+    edges of both tables (final: the old tables' last entries), its mark
+    cleared: strict checks from here on. Each entry is read again just
+    before it is written, so that what the new programs wrote since the
+    listing is kept (a batch write of the listing put windows back by
+    milliseconds: valid segments then came out INVALID)."""
+    value = ctypes.create_string_buffer(ENTRY_SIZE)
+    for key, (t, _) in read_tables(tables).items():
+        if not is_tcp(key):
+            continue
+        kbuf = ctypes.create_string_buffer(key, KEY_SIZE)
+        if not bpfsys.lookup(tables[t], kbuf, value):
+            continue            # gone meanwhile (moved, closed): nothing to clear
+        o = final.get(key)
+        new = merged(value.raw, o[1] if o is not None else None)
+        try:
+            bpfsys.update(tables[t], kbuf, ctypes.create_string_buffer(new, ENTRY_SIZE),
+                          bpfsys.BPF_EXIST)
+        except bpfsys.BpfError as e:
+            if e.errno != errno.ENOENT:
+                log.warning("ending the window resync of an entry failed: %s", e)
