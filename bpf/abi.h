@@ -167,6 +167,7 @@ enum ct_cfg {
 	CT_CFG_POLICIES = 21,        /* elements in ct_policy; 0 spares every packet the lookup */
 	CT_CFG_ACCT = 22,            /* 1: count packets and bytes per flow (nf_conntrack_acct) */
 	CT_CFG_TCP_IGNORE_INVALID_RST = 23, /* 1: a RST below the window is accepted, not INVALID */
+	CT_CFG_RESYNC_HOLD = 24,     /* 1 while a rebuild reconciles: no packet clears a resync mark */
 	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
 	CT_CFG_MAX = 32,
 };
@@ -210,7 +211,7 @@ enum ct_tcp_side_flag {
 	CT_TS_BE_LIBERAL = 0x08,    /* picked up mid-stream: only RSTs are checked */
 	CT_TS_DATA_UNACK = 0x10,    /* data sent and not yet acknowledged */
 	CT_TS_MAXACK_SET = 0x20,    /* td_maxack holds an ack */
-	CT_TS_RESYNC = 0x40,        /* ctbpf's own: copied by a rebuild, liberal until reconciled */
+	CT_TS_RESYNC = 0x40,        /* ctbpf's own: copied by a rebuild; unchecked until this side sends */
 };
 
 /*

@@ -91,9 +91,7 @@ static __always_inline void tcp_init_sender(struct ct_tcp_side *snd, struct ct_t
 static __always_inline int tcp_win_fail(const struct ct_tcp_side *snd, const struct ct_config *cfg,
 					struct ct_pkt *pkt, int ret, __u8 reason)
 {
-	/* A rebuild's copy (CT_TS_RESYNC) may lag the connection until the
-	 * agent reconciles it (ctbpf/agent/resync.py). */
-	if ((snd->flags & (CT_TS_BE_LIBERAL | CT_TS_RESYNC)) || cfg->value[CT_CFG_TCP_BE_LIBERAL])
+	if ((snd->flags & CT_TS_BE_LIBERAL) || cfg->value[CT_CFG_TCP_BE_LIBERAL])
 		return CT_WIN_ACCEPT;
 	pkt->reason = reason;
 	return ret;
@@ -144,6 +142,18 @@ static __always_inline int tcp_in_window(struct ct_entry *e, struct ct_pkt *pkt,
 	if ((fl & TCPF_RST) && seq == 0 && e->state == CT_TCP_SYN_SENT)
 		seq = end = snd->td_end;    /* RST answering a SYN */
 
+	/* A rebuild's copy (CT_TS_RESYNC) may lag the connection: the old tables
+	 * saw its last packets. Until each side has sent one packet after the
+	 * agent reconciled (ctbpf/agent/resync.py), the connection's packets
+	 * skip the checks but still move the windows, so the connection itself
+	 * brings the copy up to date. Accepting them without the updates, as
+	 * liberal does, left echoed data behind for good: each segment acks the
+	 * peer's last one, and once strict every one was INVALID. */
+	if ((snd->flags | rcv->flags) & CT_TS_RESYNC) {
+		if (!cfg->value[CT_CFG_RESYNC_HOLD])
+			snd->flags &= ~CT_TS_RESYNC;
+		goto update;
+	}
 	if (!seq_before(seq, snd->td_maxend + 1)) {
 		__u32 overshot = end - snd->td_maxend + 1;
 		int in_rcv = rcv->td_maxwin && seq_after(end, snd->td_end - rcv->td_maxwin - 1);
@@ -168,7 +178,7 @@ static __always_inline int tcp_in_window(struct ct_entry *e, struct ct_pkt *pkt,
 		return tcp_win_fail(snd, cfg, pkt, CT_WIN_IGNORE, 0);
 	if (!seq_after(sack, rcv->td_end - tcp_maxackwin(snd) - 1))
 		return tcp_win_fail(snd, cfg, pkt, CT_WIN_IGNORE, 0);
-
+update:
 	if (!(fl & TCPF_SYN))
 		win <<= snd->td_scale;
 	swin = win + (sack - ack);

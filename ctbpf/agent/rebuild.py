@@ -330,6 +330,7 @@ class Rebuild:
             current = tunables.from_config(configmap.read_config(self.tmp))
             current.update(self.values)
             configmap.write_config(self.tmp, current)
+        configmap.set_resync_hold(self._new[configmap.MAP], True)
 
     def _copy_counters(self) -> None:
         """Counters as they are now; the swap window's increments are added
@@ -415,7 +416,10 @@ class Rebuild:
                 bpfsys.delete(self._new[n[0]], ctypes.create_string_buffer(key, KEY_SIZE))
                 continue
             kbuf = ctypes.create_string_buffer(key, KEY_SIZE)
-            vbuf = ctypes.create_string_buffer(o[1], ENTRY_SIZE)
+            # Marked too: a packet the new program handles between this
+            # listing and this write is lost, and the marks make up for it.
+            vbuf = ctypes.create_string_buffer(resync.mark(o[1]) if resync.is_tcp(key) else o[1],
+                                               ENTRY_SIZE)
             flags = bpfsys.BPF_NOEXIST if s is None else bpfsys.BPF_ANY
             try:
                 bpfsys.update(self._new[o[0]], kbuf, vbuf, flags)
@@ -429,7 +433,7 @@ class Rebuild:
             if s is not None and s[0] != o[0]:
                 bpfsys.delete(self._new[s[0]], kbuf)
 
-        resync.end(self._new, final)
+        resync.end(self._new, final, self._new[configmap.MAP])
 
     def _add_window_counters(self) -> None:
         old = read_percpu(self._old["ct_stats"], bpfsys.map_info(self._old["ct_stats"]).value_size)

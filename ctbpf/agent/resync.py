@@ -1,13 +1,20 @@
 """TCP windows across a rebuild (ctbpf.agent.rebuild).
 
-Between the copy of the entries and the reconcile, the old programs go on
+Between the copy of the entries and the swap, the old programs go on
 tracking into the old tables: a copied entry's windows fall behind the
 connection's, and the new programs, judging its next segments on them,
 would find them out of window (an ack of data "never sent"). So the copy of
-every TCP entry goes in marked CT_TS_RESYNC on both sides, which the
-datapath treats as liberal (bpf/tcpwin.h, tcp_win_fail); the reconcile then
-writes each entry with the later of the two tables' window edges and the
-mark cleared, and from then on its segments are checked strictly again.
+every TCP entry goes in marked CT_TS_RESYNC on both sides, and the new
+config holds the marks (configmap.set_resync_hold). A marked connection's packets
+skip the window checks but still move the windows (bpf/tcpwin.h). After the
+swap, end() raises each entry's window edges to the later of the two
+tables', then lifts the hold: from then on each side's next packet clears
+its own mark, and once both are clear the connection is checked strictly.
+
+The agent never clears a mark itself: its write of a whole entry can lose
+a packet's update that landed between its read and its write, and a
+cleared mark would then judge the next segment on the lost edge. With the
+marks held, the next packets make up for it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import errno
 import logging
 
 from ctbpf import abi
-from ctbpf.datapath import bpfsys
+from ctbpf.datapath import bpfsys, configmap
 from ctbpf.datapath.rawmaps import ENTRY_SIZE, KEY_SIZE, read_tables
 
 log = logging.getLogger(__name__)
@@ -47,16 +54,14 @@ def _later(a: int, b: int) -> int:
 
 def merged(base: bytes, old: bytes | None) -> bytes:
     """base (the entry the reconcile keeps) with each side's window edges
-    the later of base's and old's (the old table's final entry), and the
-    resync mark cleared."""
+    the later of base's and old's (the old table's final entry); base's
+    resync marks are kept (the datapath clears them)."""
     e = abi.CtEntry.from_buffer_copy(base)
     o = abi.CtEntry.from_buffer_copy(old) if old is not None else None
     for i, side in enumerate(e.side):
-        side.flags &= ~_RESYNC & 0xFF
         if o is None:
             continue
         os_ = o.side[i]
-        side.flags &= ~(os_.flags & _RESYNC) & 0xFF
         if os_.td_maxwin == 0:
             continue
         if side.td_maxwin == 0:
@@ -73,25 +78,28 @@ def merged(base: bytes, old: bytes | None) -> bytes:
     return bytes(e)
 
 
-def end(tables: dict[str, int], final: dict[bytes, tuple[str, bytes]]) -> None:
+def end(tables: dict[str, int], final: dict[bytes, tuple[str, bytes]], config_fd: int) -> None:
     """Every TCP entry of the new tables (name -> fd) with the later window
-    edges of both tables (final: the old tables' last entries), its mark
-    cleared: strict checks from here on. Each entry is read again just
+    edges of both tables (final: the old tables' last entries); then the
+    hold is lifted, even if a write failed. Each entry is read again just
     before it is written, so that what the new programs wrote since the
-    listing is kept (a batch write of the listing put windows back by
-    milliseconds: valid segments then came out INVALID)."""
+    listing is kept."""
     value = ctypes.create_string_buffer(ENTRY_SIZE)
-    for key, (t, _) in read_tables(tables).items():
-        if not is_tcp(key):
-            continue
-        kbuf = ctypes.create_string_buffer(key, KEY_SIZE)
-        if not bpfsys.lookup(tables[t], kbuf, value):
-            continue            # gone meanwhile (moved, closed): nothing to clear
-        o = final.get(key)
-        new = merged(value.raw, o[1] if o is not None else None)
-        try:
-            bpfsys.update(tables[t], kbuf, ctypes.create_string_buffer(new, ENTRY_SIZE),
-                          bpfsys.BPF_EXIST)
-        except bpfsys.BpfError as e:
-            if e.errno != errno.ENOENT:
-                log.warning("ending the window resync of an entry failed: %s", e)
+    try:
+        for key, (t, _) in read_tables(tables).items():
+            if not is_tcp(key) or key not in final:
+                continue
+            kbuf = ctypes.create_string_buffer(key, KEY_SIZE)
+            if not bpfsys.lookup(tables[t], kbuf, value):
+                continue            # gone meanwhile (moved, closed): nothing to raise
+            new = merged(value.raw, final[key][1])
+            if new == value.raw:
+                continue
+            try:
+                bpfsys.update(tables[t], kbuf, ctypes.create_string_buffer(new, ENTRY_SIZE),
+                              bpfsys.BPF_EXIST)
+            except bpfsys.BpfError as e:
+                if e.errno != errno.ENOENT:
+                    log.warning("raising the windows of a rebuilt entry failed: %s", e)
+    finally:
+        configmap.set_resync_hold(config_fd, False)

@@ -26,6 +26,7 @@ MAP = "ct_config"
 SIZE = ctypes.sizeof(abi.CtConfig)
 VERSION_SLOT = abi.const("CT_CFG_LAYOUT_VERSION")
 POLICIES_SLOT = abi.const("CT_CFG_POLICIES")
+RESYNC_HOLD_SLOT = abi.const("CT_CFG_RESYNC_HOLD")
 
 
 def read_config(pin_dir: Path):
@@ -134,3 +135,12 @@ def write_as_this_layout(fd: int, raw: bytes) -> bool:
     cfg.value[VERSION_SLOT] = abi.LAYOUT_VERSION
     bpfsys.update(fd, ctypes.c_uint32(0), cfg)
     return True
+
+
+def set_resync_hold(fd: int, on: bool) -> None:
+    """A rebuild's hold on its resync marks (ctbpf/agent/resync.py), in an
+    open ct_config of this build: while on, no packet clears a mark."""
+    cfg = abi.CtConfig()
+    bpfsys.lookup(fd, ctypes.c_uint32(0), cfg)
+    cfg.value[RESYNC_HOLD_SLOT] = int(on)
+    bpfsys.update(fd, ctypes.c_uint32(0), cfg)

@@ -16,13 +16,14 @@ both directions, with the connection model (Conn) they all share.
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
 
 import packets as P
 from ctbpf import abi, tunables
-from ctbpf.datapath import stats
+from ctbpf.datapath import bpfsys, stats
 
 ORIG, REPLY = P.ORIG, P.REPLY
 M = 0xFFFFFFFF
@@ -1188,3 +1189,67 @@ def test_an_unanswered_syn_retransmission_is_not_accounted(tracker):
         send(tracker, c.frame(ORIG, "S", seq=c.isn[ORIG]), "new")
     f = tracker.flow()
     assert (f.packets, f.bytes) == ((1, 0), (40, 0)), f
+
+
+# --------------------------------------------------------------------------
+# a rebuild's copy (CT_TS_RESYNC, ctbpf/agent/resync.py)
+
+TS_RESYNC = abi.const("CT_TS_RESYNC")
+
+
+def resync_hold(t, on: bool) -> None:
+    from ctbpf.datapath import configmap  # noqa: PLC0415
+
+    fd = bpfsys.obj_get(str(t.pin_dir / configmap.MAP))
+    try:
+        configmap.set_resync_hold(fd, on)
+    finally:
+        os.close(fd)
+
+
+def marks(t) -> list[bool]:
+    return [bool(s.flags & TS_RESYNC) for s in entry(t).side]
+
+
+@pytest.mark.parametrize("x", SIDES)
+def test_a_rebuilds_lagging_copy_catches_up_while_marked(tracker, x):
+    """An entry copied by a rebuild, then left behind by traffic only the
+    old tables saw (300 bytes x sent), is marked for resync on both sides.
+    Its packets pass without the checks and still move the windows; while
+    the agent holds the marks, none clears; then each side's next packet
+    clears its own. Echoed data is the case that shows it: each segment acks
+    the peer's last one, so a copy that let them pass without recording
+    them (as liberal does) stayed behind for good, and once strict again
+    every segment was an ack of unsent data."""
+    c = Conn()
+    handshake(tracker, c)
+    exchange(tracker, c, x)
+    raw = tracker.entry()
+    stale = bytes(raw.entry)
+    for _ in range(3):
+        exchange(tracker, c, x)                 # what only the old tables saw
+    raw.entry = abi.CtEntry.from_buffer_copy(stale)
+    for s in raw.entry.side:
+        s.flags |= TS_RESYNC
+    tracker._write(raw)
+    resync_hold(tracker, True)
+    try:
+        for _ in range(2):                      # an echo: data both ways, each acking the other's
+            send(tracker, c.frame(other(x), "PA", b"e"))
+            send(tracker, c.frame(x, "PA", b"e"))
+        assert marks(tracker) == [True, True], "a held mark was cleared"
+        assert (side(tracker, x).td_end, side(tracker, other(x)).td_end) == \
+            (c.nxt[x], c.nxt[other(x)])
+    finally:
+        resync_hold(tracker, False)
+    send(tracker, c.frame(other(x), "PA", b"e"))
+    assert side(tracker, other(x)).flags & TS_RESYNC == 0
+    assert side(tracker, x).flags & TS_RESYNC, "only the sender's own mark clears"
+    send(tracker, c.frame(x, "PA", b"e"))
+    assert marks(tracker) == [False, False]
+    for _ in range(2):                          # strict again, and still in step
+        send(tracker, c.frame(other(x), "PA", b"e"))
+        send(tracker, c.frame(x, "PA", b"e"))
+    send(tracker, c.frame(other(x), "A"))
+    unchanged_by(tracker, c.frame(other(x), "A", ack=c.nxt[x] + 1), "tcp_ack_over")
+    state_timeout(tracker, "ESTABLISHED", T_ES)

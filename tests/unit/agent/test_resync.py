@@ -1,5 +1,6 @@
 """A rebuild's window resync (ctbpf/agent/resync.py): the marks it sets on
-the copies, and the later window edges it keeps when it clears them."""
+the copies, and the later window edges it takes; the marks stay for the
+datapath to clear (tests/bpf/test_dp_tcp_window.py runs that part)."""
 
 from __future__ import annotations
 
@@ -41,12 +42,12 @@ def test_mark_sets_both_sides_and_keeps_the_rest():
     assert marked[:56] == raw[:56]
 
 
-def test_merged_takes_the_later_edges_and_clears_the_mark():
+def test_merged_takes_the_later_edges_and_keeps_the_mark():
     new = resync.mark(entry(1000, 5000, 3000, maxack0=10))
     old = entry(2000, 4000, 4000, maxack0=20)
     s = sides(resync.merged(new, old))[0]
     assert (s.td_end, s.td_maxend, s.td_maxwin, s.td_maxack) == (2000, 5000, 4000, 20)
-    assert not s.flags & RESYNC and s.flags & MAXACK
+    assert s.flags & RESYNC and s.flags & MAXACK
 
 
 def test_merged_orders_sequence_numbers_across_the_wrap():
@@ -56,11 +57,12 @@ def test_merged_orders_sequence_numbers_across_the_wrap():
     assert (s.td_end, s.td_maxend) == (0x10, 0x10)
 
 
-def test_merged_without_old_or_with_an_unset_side_only_clears_the_mark():
+def test_merged_without_old_or_with_an_unset_side_changes_nothing():
     new = resync.mark(entry(7, 8, 9))
     assert sides(resync.merged(new, None))[0].td_end == 7
     s = sides(resync.merged(new, entry()))[0]
-    assert (s.td_end, s.td_maxwin, s.flags & RESYNC) == (7, 9, 0)
+    assert (s.td_end, s.td_maxwin, s.flags & RESYNC) == (7, 9, RESYNC)
+    assert resync.merged(new, entry()) == new
     # a side the new table never set takes the old one's window whole
     s = sides(resync.merged(resync.mark(entry()), entry(5, 6, 7)))[0]
     assert (s.td_end, s.td_maxend, s.td_maxwin) == (5, 6, 7)
