@@ -1,8 +1,10 @@
 """The table as users know it: /proc/net/ip_conntrack lines, `conntrack -L`
-lines, and JSON."""
+lines, and JSON, one Flow at a time (ctbpf.datapath.listtext writes the
+same text for a whole chunk of the table). A flow without counters
+(packets and bytes None: no accounting record) shows none, as conntrack
+does without nf_conntrack_acct."""
 
 from __future__ import annotations
-
 
 from ctbpf.datapath.table import Flow, Tuple
 
@@ -33,20 +35,25 @@ def proc_line(f: Flow) -> str:
     return line + "use=1"
 
 
+def _counters(f: Flow, side: int) -> str:
+    if f.packets is None:
+        return ""
+    return f" packets={f.packets[side]} bytes={f.bytes[side]}"
+
+
 def conntrack_line(f: Flow) -> str:
-    """`conntrack -L` with accounting on: counters after each tuple."""
-    line = _head(f) + _tuple_text(f.orig)
-    line += f" packets={f.packets[0]} bytes={f.bytes[0]} "
+    """`conntrack -L`: counters after each tuple when the flow has them."""
+    line = _head(f) + _tuple_text(f.orig) + _counters(f, 0) + " "
     if f.unreplied:
         line += "[UNREPLIED] "
-    line += _tuple_text(f.reply) + f" packets={f.packets[1]} bytes={f.bytes[1]} "
+    line += _tuple_text(f.reply) + _counters(f, 1) + " "
     if f.assured:
         line += "[ASSURED] "
     return line + "mark=0 use=1"
 
 
 def flow_dict(f: Flow) -> dict:
-    return {
+    d = {
         "proto": f.proto_name,
         "protonum": f.proto,
         "family": "ipv4" if f.family == 4 else "ipv6",
@@ -55,10 +62,12 @@ def flow_dict(f: Flow) -> dict:
         "orig": f.orig.as_dict(),
         "reply": f.reply.as_dict(),
         "flags": f.flags,
-        "packets": {"orig": f.packets[0], "reply": f.packets[1]},
-        "bytes": {"orig": f.bytes[0], "reply": f.bytes[1]},
-        "table": f.table,
     }
+    if f.packets is not None:
+        d["packets"] = {"orig": f.packets[0], "reply": f.packets[1]}
+        d["bytes"] = {"orig": f.bytes[0], "reply": f.bytes[1]}
+    d["table"] = f.table
+    return d
 
 
 def _json_tuple(t: Tuple) -> str:
@@ -79,12 +88,13 @@ _FLAGS = {(False, False): "[]", (True, False): '["UNREPLIED"]', (False, True): '
 def flow_json(f: Flow) -> str:
     """json.dumps(flow_dict(f)), byte for byte, without building the dict."""
     state = "null" if f.state is None else f'"{f.state}"'
+    counters = "" if f.packets is None else (
+        f', "packets": {{"orig": {f.packets[0]}, "reply": {f.packets[1]}}}, '
+        f'"bytes": {{"orig": {f.bytes[0]}, "reply": {f.bytes[1]}}}')
     return (f'{{"proto": "{f.proto_name}", "protonum": {f.proto}, '
             f'"family": "{"ipv4" if f.family == 4 else "ipv6"}", "timeout": {f.timeout}, '
             f'"state": {state}, "orig": {_json_tuple(f.orig)}, "reply": {_json_tuple(f.reply)}, '
-            f'"flags": {_FLAGS[(f.unreplied, f.assured)]}, '
-            f'"packets": {{"orig": {f.packets[0]}, "reply": {f.packets[1]}}}, '
-            f'"bytes": {{"orig": {f.bytes[0]}, "reply": {f.bytes[1]}}}, "table": "{f.table}"}}')
+            f'"flags": {_FLAGS[(f.unreplied, f.assured)]}{counters}, "table": "{f.table}"}}')
 
 
 def json_text(flows: list[Flow]) -> str:

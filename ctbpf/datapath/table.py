@@ -58,8 +58,8 @@ class Flow:
     reply: Tuple
     unreplied: bool
     assured: bool
-    packets: tuple[int, int]  # original, reply
-    bytes: tuple[int, int]
+    packets: tuple[int, int] | None  # original, reply; None: no accounting record
+    bytes: tuple[int, int] | None
     table: str               # "assured" or "new"
 
     @property
