@@ -48,7 +48,7 @@ from ctbpf import abi
 from ctbpf.datapath import bpfsys, formats, occupancy, table
 from ctbpf.datapath.loader import Datapath, remove_pins
 
-from . import common
+from . import common, kerneltable
 
 HELP = "ctbpf list -o json vs conntrack -L (200k flows each); a /metrics scrape at 1M entries"
 
@@ -121,10 +121,10 @@ LIVE_FOR_NS = 3600 * NS
 TARGET_LIST_SPEEDUP = 3.0      # ctbpf list at least 3x faster than conntrack -L
 TARGET_SCRAPE_S = 0.5          # one scrape of /metrics at 1M entries
 
-SERVER = (10, 200, 0, 1)
-SERVER_PORT = 9
-CLIENT_NET = (10, 200)         # clients are 10.200.T.X ... see _tuples
-PORTS_PER_CLIENT = 62500
+# the flows both tables hold: kerneltable's plan of N unreplied IPv4 UDP flows
+SERVER = kerneltable.SERVER4
+SERVER_PORT = kerneltable.SERVER_PORT
+PORTS_PER_CLIENT = kerneltable.PORTS_PER_CLIENT
 METRICS_PORT = 9476
 
 
@@ -152,25 +152,24 @@ def add_arguments(g) -> None:
 # the flows both tables hold
 
 
+def _plan(n: int, count: int | None = None) -> kerneltable.Plan:
+    return kerneltable.Plan(4, kerneltable.UDP, n, count=count)
+
+
 def _clients(n: int) -> int:
-    return -(-n // PORTS_PER_CLIENT)
-
-
-def _ports(n: int) -> int:
-    return min(n, PORTS_PER_CLIENT)
+    return _plan(n).clients
 
 
 def _client_addr(t: int) -> tuple[int, int, int, int]:
     """Client t (0-based): 10.200.1.1, 10.200.1.2, ... 10.200.1.250, 10.200.2.1, ..."""
-    return (*CLIENT_NET, 1 + t // 250, 1 + t % 250)
+    return tuple(int(x) for x in _plan(1).client(t).split("."))
 
 
 def _tuples(n: int):
     """The n flows, in trafgen's round-robin order: packet i comes from
     client i % T, source port 1 + i // T."""
-    clients = _clients(n)
-    for i in range(n):
-        yield _client_addr(i % clients), 1 + i // clients
+    for addr, sport in _plan(n).tuples():
+        yield tuple(int(x) for x in addr.split(".")), sport
 
 
 # --------------------------------------------------------------------------
@@ -345,103 +344,20 @@ class CtbpfTable:
 # kernel side: nf_conntrack in a private namespace, filled by trafgen
 
 
-CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
-
-
-class KernelTable:
-    """nf_conntrack in a private namespace holding the first `count` flows
-    of _tuples(n)."""
-
-    def __init__(self, n: int, count: int, tag: str, timeout: float) -> None:
-        self.n = n
-        self.want = count
-        self.timeout = timeout
-        self.tx_ns, self.rx_ns = f"ctbcp-tx-{tag}", f"ctbcp-rx-{tag}"
-        self.tx_if, self.rx_if = f"cbtx{tag}"[:15], f"cbrx{tag}"[:15]
-        self.made: list[str] = []
-        self.ct_max_restore: tuple[int, int] | None = None   # (previous, ours)
-        self.cfg_path: Path | None = None
-
-    def setup(self) -> dict:
-        for tool in ("trafgen", "conntrack", "nft"):
-            if not any(Path(d, tool).exists() for d in ("/usr/sbin", "/usr/bin", "/sbin")):
-                raise RuntimeError(f"{tool} is missing: `bash scripts/setup.sh` installs it")
-        info = {}
-        for ns in (self.tx_ns, self.rx_ns):
-            _run(["ip", "netns", "add", ns])
-            self.made.append(ns)
-        _run(["ip", "link", "add", self.tx_if, "netns", self.tx_ns, "type", "veth",
-              "peer", "name", self.rx_if, "netns", self.rx_ns])
-        rx = ["ip", "netns", "exec", self.rx_ns]
-        for ns, ifname in ((self.tx_ns, self.tx_if), (self.rx_ns, self.rx_if)):
-            _run(["ip", "-n", ns, "link", "set", ifname, "up"])
-        _run(["ip", "-n", self.rx_ns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", self.rx_ns, "addr", "add", ".".join(map(str, SERVER)) + "/16",
-              "dev", self.rx_if])
-        # conntrack is on in a namespace once a rule needs it
-        _run([*rx, "nft", "-f", "-"], input="table inet ctbench {\n chain pre {\n"
-             "  type filter hook prerouting priority 0; ct state new counter\n }\n}\n")
-        _run([*rx, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600",
-              "net.netfilter.nf_conntrack_checksum=0", "net.ipv4.conf.all.rp_filter=0",
-              f"net.ipv4.conf.{self.rx_if}.rp_filter=0"])
-        previous = int(CT_MAX.read_text())
-        info["nf_conntrack_max_before"] = previous
-        if previous < self.want + 1024:
-            ours = self.want + 1024
-            CT_MAX.write_text(f"{ours}\n")
-            self.ct_max_restore = (previous, ours)
-            info["nf_conntrack_max_raised_to"] = ours
-        info["nf_conntrack_buckets"] = int(Path("/proc/sys/net/netfilter/"
-                                                "nf_conntrack_buckets").read_text())
-        mac = json.loads(_run(["ip", "-n", self.rx_ns, "-j", "link", "show",
-                               self.rx_if]).stdout)[0]["address"]
-        self.cfg_path = Path(f"/tmp/ctbench-cp-{self.rx_ns}.trafgen")
-        lines = [f"{{ eth(da={mac}, sa=02:00:00:00:00:01), "
-                 f"ipv4(saddr={'.'.join(map(str, _client_addr(t)))}, "
-                 f"daddr={'.'.join(map(str, SERVER))}, ttl=64), "
-                 f"udp(sp=dinc(1, {_ports(self.n)}), dp={SERVER_PORT}, csum=0) }}"
-                 for t in range(_clients(self.n))]
-        self.cfg_path.write_text("\n".join(lines) + "\n")
-        t0 = time.perf_counter()
-        passes = 0
-        while True:   # packets a full backlog dropped are sent again: at most 3 passes
-            passes += 1
-            _run(["ip", "netns", "exec", self.tx_ns, "trafgen", "-i", str(self.cfg_path),
-                  "-o", self.tx_if, "-n", str(self.want), "-P", "1", "-q"],
-                 timeout=self.timeout)
-            count = self.count()
-            if count >= self.want or passes == 3:
-                break
-        info["fill_s"] = round(time.perf_counter() - t0, 3)
-        info["fill_passes"] = passes
-        if count != self.want:
-            raise RuntimeError(f"nf_conntrack holds {count} entries after {passes} trafgen "
-                               f"passes, not {self.want}")
-        return info
-
-    def count(self) -> int:
-        r = _run(["ip", "netns", "exec", self.rx_ns, "sysctl", "-n",
-                  "net.netfilter.nf_conntrack_count"])
-        return int(r.stdout)
-
-    def list_cmd(self, output: str | None = None) -> list[str]:
-        return ["ip", "netns", "exec", self.rx_ns, "conntrack", "-L",
-                *(["-o", output] if output else [])]
-
-    def close(self) -> None:
-        for ns in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        self.made.clear()
-        if self.cfg_path is not None:
-            self.cfg_path.unlink(missing_ok=True)
-        if self.ct_max_restore is not None:
-            previous, ours = self.ct_max_restore
-            try:   # only if nobody changed it meanwhile
-                if int(CT_MAX.read_text()) == ours:
-                    CT_MAX.write_text(f"{previous}\n")
-            except OSError:
-                pass
-            self.ct_max_restore = None
+def _kernel_fill(kernel: kerneltable.KernelTable, limits: kerneltable.Limits, n: int,
+                 count: int) -> dict:
+    """The first `count` of the n flows, made by trafgen; nf_conntrack_max
+    (global, read-only inside a namespace) raised for the run if it is
+    below them."""
+    before = limits.read()
+    now = limits.at_least(count + 1024)
+    kernel.setup()
+    info = kernel.fill(unreplied=(_plan(n, count),), check_assured=False)
+    return {"nf_conntrack_max_before": before["max"],
+            **({"nf_conntrack_max_raised_to": now["max"]} if now["max"] != before["max"]
+               else {}),
+            "nf_conntrack_buckets": now["buckets"], "fill_s": info["fill_s"],
+            "fill_passes": info["passes"]}
 
 
 # --------------------------------------------------------------------------
@@ -537,7 +453,9 @@ def run(args) -> dict:
     tag = secrets.token_hex(3)
     timeout = args.controlplane_timeout
     ours = CtbpfTable(n, args.controlplane_table_size, tag)
-    kernel = None if args.controlplane_no_kernel else KernelTable(n, list_n, tag, timeout)
+    kernel = (None if args.controlplane_no_kernel
+              else kerneltable.KernelTable(tag, timeout, prefix="ctbcp"))
+    limits = kerneltable.Limits()
     exporter = None
     setup: dict = {}
     figures: dict = {}
@@ -547,10 +465,11 @@ def run(args) -> dict:
         setup["ctbpf"]["fill_list_s"] = ours.fill(list_n)
         if kernel is not None:
             print(f"  filling nf_conntrack with {list_n} flows (trafgen)", flush=True)
-            setup["kernel"] = kernel.setup()
+            setup["kernel"] = _kernel_fill(kernel, limits, n, list_n)
         figures["list"] = _list_figures(ours, kernel, list_n, runs, timeout)
         if kernel is not None:
             kernel.close()   # frees the conntrack entries before the scrape
+            limits.restore()
 
         if not args.controlplane_no_metrics:
             print(f"  filling the ctbpf table up to {n} flows; ctbpf run --metrics-addr",
@@ -573,6 +492,7 @@ def run(args) -> dict:
             exporter.stop()
         if kernel is not None:
             kernel.close()
+        limits.restore()
         ours.close()
 
     return {"config": {"entries": n, "list_entries": list_n, "runs": runs,
@@ -584,7 +504,7 @@ def run(args) -> dict:
             "plots": _plots(figures)}
 
 
-def _list_figures(ours: CtbpfTable, kernel: KernelTable | None, count: int, runs: int,
+def _list_figures(ours: CtbpfTable, kernel: kerneltable.KernelTable | None, count: int, runs: int,
                   timeout: float) -> dict:
     # one untimed run of each: every flow printed, caches warm
     shown = _count_in_stream(ours.list_cmd("json"), b'"protonum"', timeout)

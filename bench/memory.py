@@ -1,108 +1,188 @@
-"""Bytes per tracked flow: the datapath's BPF maps against nf_conntrack (issue 6).
+"""Kernel memory per tracked flow: ctbpf's BPF maps beside nf_conntrack filled
+with the same flows in the same run (issue 15).
 
-The datapath is loaded (ctbpf.datapath.loader.Datapath, private pin directory) with
-`max` equal to this host's nf_conntrack_max and again at 1M; the memory the
-kernel charges for every map it pins (the `memlock` line of
-/proc/self/fdinfo/<map fd>, cross-checked with `bpftool map show --json`
-bytes_memlock) is divided by the flows the tracker is provisioned for
-(capacity) and by the flows actually in the tables (occupancy: the tables
-are filled to 10% and 50% with IPv4, then IPv6 flows, and the memory read
-again). nf_conntrack's per-flow memory is its slab object
-(/sys/kernel/slab/nf_conntrack) plus its share of the hash buckets
-(8 bytes x nf_conntrack_buckets / flows, its table sized as on this host).
+Each configuration is a `max` and a number of flows, half of them ASSURED
+and half not, IPv4 and IPv6 apart:
+
+  full       max = flows (default 100,000 and 1,048,576)
+  occupancy  max 1,048,576 holding 100,000 flows
+  idle       max 1,048,576, no flow (ctbpf only; nf_conntrack's is its buckets)
+
+ctbpf: the real datapath (ctbpf.datapath.loader.Datapath, private pin dir),
+its ct_assured filled with the ASSURED half and ct_new with the rest by
+BPF_MAP_UPDATE_BATCH; every map it has (pinned, and the ones only its
+programs hold) read for the kernel's own map_mem_usage: the `memlock` line
+of /proc/self/fdinfo, checked against bpftool's bytes_memlock.
+
+nf_conntrack: the same tuples made by real packets in a private namespace
+(bench/kerneltable.py), nf_conntrack_max set to the configuration's max and
+the buckets to this host's buckets per max, both put back afterwards; the
+slab objects it gained, any extension kmalloc, and 8 bytes per bucket.
 """
 
 from __future__ import annotations
 
+import ctypes
+import inspect
 import json
 import os
 import secrets
 import subprocess
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ctbpf import abi
 from ctbpf.datapath import bpfsys
+from ctbpf.datapath.flowkey import key_from_tuple
 from ctbpf.datapath.loader import Datapath
 
-from . import common
-from .datapath import (BPFFS, ENTRY_SIZE, F4, F6, KEY_SIZE, TCP, FlowSet, check, delete_keys,
-                       entries_like, remove_private_dir, update_batch)
+from . import common, kerneltable as kt
+from .datapath import BPFFS, remove_private_dir, update_batch
 
-HELP = "bytes per tracked flow: the datapath's BPF maps vs nf_conntrack"
+HELP = "bytes per tracked flow: ctbpf's BPF maps vs nf_conntrack filled with the same flows"
 
-TARGET = {"IPv4": 128, "IPv6": 176}
-TARGET_SHARE = 0.5          # ... and at most half of nf_conntrack's
-OCCUPANCIES = (0.10, 0.50)
+TARGET_BYTES = {"IPv4": 120, "IPv6": 144}
+TARGET_FULL_SHARE = 0.5        # of nf_conntrack with the same flows and max
+TARGET_OCCUPANCY_SHARE = 0.6
+MIB = 1 << 20
+TARGET_IDLE_BYTES = 32 * MIB
+FAMILIES = ((4, "IPv4"), (6, "IPv6"))
+DEFAULT_FULL = (100_000, 1 << 20)
+DEFAULT_OCCUPANCY = ((1 << 20, 100_000),)
+DEFAULT_IDLE_MAX = 1 << 20
+KERNEL_RUNS = 3
+
+# The kernel's BPF hash table (kernel/bpf/hashtab.c): struct htab_elem
+# before each key, a struct bucket per power-of-two bucket, an llist node
+# per element of a BPF_F_NO_PREALLOC map.
+HTAB_ELEM = 48
+HTAB_BUCKET = 16
+LLIST_NODE = 8
+BPF_F_NO_PREALLOC = 1
+# The common LRU keeps up to this many free nodes per CPU, and evicts when
+# the shared free list runs dry even if another CPU holds free nodes
+# (kernel/bpf/bpf_lru_list.c): a full LRU can lose this many per CPU.
+LRU_LOCAL_FREE = 128
+MAP_TYPES = {1: "hash", 2: "array", 3: "prog_array", 5: "percpu_hash", 6: "percpu_array",
+             9: "lru_hash", 10: "lru_percpu_hash", 27: "ringbuf"}
+HASH_TYPES = {1, 5, 9, 10}
+PERCPU_TYPES = {5, 6, 10}
+LRU_TYPES = {9, 10}
 
 NOTES = """\
-**What is measured.** `bench/memory.py` loads the real datapath with `max`
-equal to this host's `nf_conntrack_max`, and again with 1,048,576, and reads
-the memory the kernel charges for each of its maps (`memlock` in
-`/proc/self/fdinfo` of the map's fd, which is the kernel's own
-`map_mem_usage`; `bpftool map show --json` `bytes_memlock` must agree).
-*At capacity* divides all the maps' memory by `max`, the flows the tracker is
-provisioned for; *at occupancy* fills the tables (10% and 50% of `max`,
-IPv4 flows and then IPv6 flows, half in each table) and divides by the flows
-present. nf_conntrack's per flow is its slab object (`slab_size` of
-`/sys/kernel/slab/nf_conntrack`: what the slab really spends per object,
-`object_size` plus alignment) plus its share of the bucket array, 8 bytes x
-`nf_conntrack_buckets` / flows, with the buckets per `nf_conntrack_max` of
-this host (at the same occupancy as ctbpf's tables); its extension area (accounting, timestamps,
-event cache: a separate small kmalloc when enabled) is not counted, which
-favours the baseline's side only slightly. Five loads per size; the values
-are deterministic (the medians equal min and max unless the kernel changed).
+**Method.** Each configuration is a `max` and a number of flows, half of
+them ASSURED and half not, measured for IPv4 and IPv6 apart, ctbpf and
+nf_conntrack in the same run with the same tuples. The unassured half are
+TCP SYNs (`SYN_SENT [UNREPLIED]`), the ASSURED half UDP streams (a packet,
+its reply and, more than two seconds later, the next packet: the kernel's
+UDP tracker sets ASSURED only on a flow still active two seconds after it
+was made).
 
-**Where the bytes go.** The flow tables are preallocated BPF hash maps
-(`ct_new` an LRU hash, `ct_assured` a hash), so their memory does not depend
-on occupancy. Per slot the kernel spends one element of
-`sizeof(struct htab_elem)` = 48 bytes (hash-list node, LRU node, hash) + the
-40-byte `struct ct_key` + the 56-byte `struct ct_entry` = 144 bytes, plus a
-16-byte bucket per power-of-two bucket (one bucket per slot when `max` is a
-power of two), plus a few extra elements per CPU: about 160 bytes a slot.
-ctbpf sizes *both* tables at `max` (a flow lives in either, and any flow can
-end up in either), so each provisioned flow costs two slots, about 320
-bytes, before the datapath's other maps are spread over `max`: the ring
-buffers (`ct_events` 1 MiB; the expiry index `ct_timers` 16 MiB, when the
-datapath has it) and whatever small maps it pins (config, counters, policy:
-the summary lists them all). At `max` = 262,144 they add about 70 bytes a
-flow; at 1M, about 17. The key is the same 40
-bytes for IPv4 and IPv6, so both families cost the same; an IPv4 flow wastes
-24 bytes of zeroed address words. nf_conntrack spends 256 bytes of slab per
-flow plus 8 bytes of bucket per bucket.
+*ctbpf*: the real datapath is loaded into a private pin dir; the ASSURED
+half is written into `ct_assured` and the rest into `ct_new` with
+`BPF_MAP_UPDATE_BATCH` (keys from `ctbpf.datapath.flowkey`, the ct_new
+share written from each CPU in turn, since LRU free lists are per CPU). The
+figure is the kernel's own `map_mem_usage` of *every* map the datapath has,
+pinned or held only by its programs (the `memlock` line of
+`/proc/self/fdinfo`, which must equal `bpftool map show --json`
+`bytes_memlock`), divided by the flows present. When the loader takes
+`new_max`, ct_new keeps the loader's default size if that holds the
+unassured half, and is otherwise sized to hold exactly that half (the table
+says which). An LRU filled to its size may lose up to 128 entries per CPU
+to its per-CPU free lists: the flows present are counted, not assumed.
 
-**What would close the gap** (none of it is done here: the datapath's layout
-is being changed by another engineer, and every item changes it):
+*nf_conntrack*: the same tuples made by real packets (trafgen over a veth
+pair into a private namespace with conntrack on, `bench/kerneltable.py`),
+with `nf_conntrack_max` set to the configuration's `max` and the buckets to
+this host's buckets per `max` (the kernel's default is one bucket per
+entry), both put back afterwards. Its figure is the in-use objects the
+`nf_conntrack` slab cache gained (`/sys/kernel/slab/nf_conntrack/objects`,
+cross-checked with `/proc/slabinfo` active objects) times `slab_size`, plus
+any extension kmalloc (a `kmalloc-*` cache that grew by at least 90% of the
+flows: none with accounting, timestamps and event listeners off, the
+defaults), plus 8 bytes x `nf_conntrack_buckets`, divided by the flows.
 
-1. *Provision one slot per flow, not two.* Size `ct_new` apart from
-   `ct_assured` (e.g. `max / 4` unassured slots, as floods only need the LRU
-   to absorb them): 1.25 slots per flow, about 200 bytes. Or keep one table
-   and protect ASSURED entries another way.
-2. *A compact value.* 32-bit packet counters, 48-bit byte counters, creation
-   time in seconds: 56 -> 32 bytes per slot.
-3. *An IPv4 table with a 16-byte key* (4 + 4 address bytes, ports, protocol,
-   ICMP query): 40 -> 16 bytes per IPv4 slot.
-   With 1 + 2 + 3, an IPv4 flow costs about 48 + 16 + 32 + 16 = 112 bytes a
-   slot, x1.25 = 140; an IPv6 flow 48 + 40 + 32 + 16 = 136, x1.25 = 170.
-4. The 48-byte element header and 16-byte bucket are the kernel's and cannot
-   be shrunk from BPF. `BPF_F_NO_PREALLOC` would make memory follow
-   occupancy (elements from kmalloc caches, rounded up), at the price of an
-   allocation per insert on the packet path.
-"""
+**Where the bytes go.** The per-map breakdown below models each BPF hash
+map as the kernel sizes it: an element is 48 bytes of `struct htab_elem`,
+the key and the value each rounded up to 8 bytes, and 8 more bytes of
+llist node in a `BPF_F_NO_PREALLOC` map; a preallocated map pays for
+`max_entries` elements (a plain hash one more per CPU) whether used or not,
+a non-preallocated one only for the elements present; every hash map pays
+16 bytes per bucket for `max_entries` rounded up to a power of two. The
+rest of `memlock` (`other`) is the table's own structure and per-CPU
+locks; arrays and ring buffers are their `memlock` alone. nf_conntrack
+spends one slab object per flow and one 8-byte bucket per bucket.
+
+The ctbpf figures repeat exactly from run to run (they are computed by the
+kernel from the maps' sizes and element counts); nf_conntrack's move by a
+few objects, the slab's per-CPU caches. Fewer kernel runs than ctbpf runs
+keep the one-million-flow fills within a few minutes."""
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str        # "full", "occupancy", "idle"
+    max: int
+    flows: int
+
+    @property
+    def name(self) -> str:
+        if self.kind == "idle":
+            return f"idle, max {self.max:,}"
+        if self.kind == "full":
+            return f"full, max {self.max:,}"
+        return f"{self.flows / self.max:.0%} occupancy, max {self.max:,} ({self.flows:,} flows)"
+
+    @property
+    def assured(self) -> int:
+        return self.flows // 2
+
+    @property
+    def unassured(self) -> int:
+        return self.flows - self.flows // 2
+
+    def plans(self, family: int) -> tuple[kt.Plan, kt.Plan]:
+        """(unassured TCP SYNs, ASSURED UDP streams): disjoint clients."""
+        return (kt.Plan(family, kt.TCP, self.unassured, net=1),
+                kt.Plan(family, kt.UDP, self.assured, net=101))
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def _pairs(s: str) -> list[tuple[int, int]]:
+    out = []
+    for part in filter(None, s.split(",")):
+        m, _, f = part.partition(":")
+        out.append((int(m), int(f)))
+    return out
 
 
 def add_arguments(g) -> None:
-    g.add_argument("--memory-sizes", type=lambda s: [int(x) for x in s.split(",")],
-                   default=None, metavar="N,N,...",
-                   help="max entries to load the datapath with (default: this host's "
-                        "nf_conntrack_max, and 1048576)")
+    g.add_argument("--memory-full", type=_ints, default=list(DEFAULT_FULL), metavar="N,N,...",
+                   help="full tables: max = flows (default 100000,1048576)")
+    g.add_argument("--memory-occupancy", type=_pairs, default=list(DEFAULT_OCCUPANCY),
+                   metavar="MAX:FLOWS,...", help="partly filled tables (default 1048576:100000)")
+    g.add_argument("--memory-idle-max", type=int, default=DEFAULT_IDLE_MAX, metavar="N",
+                   help="max of the idle tracker (default 1048576; 0: none)")
+    g.add_argument("--memory-new-max", type=int, default=None, metavar="N",
+                   help="ct_new's size when the loader takes new_max (default: the loader's, "
+                        "or the unassured half when that is bigger)")
     g.add_argument("--memory-runs", type=int, default=common.MIN_RUNS, metavar="N",
-                   help=f"loads per size (default {common.MIN_RUNS})")
+                   help=f"ctbpf fills per configuration and family (default {common.MIN_RUNS})")
+    g.add_argument("--memory-kernel-runs", type=int, default=KERNEL_RUNS, metavar="N",
+                   help=f"nf_conntrack fills per configuration and family (default {KERNEL_RUNS})")
+    g.add_argument("--memory-no-kernel", action="store_true",
+                   help="skip nf_conntrack (no namespaces, no sysctl change)")
+    g.add_argument("--memory-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="longest any one command may take (default 120)")
 
 
 # --------------------------------------------------------------------------
-# reading memory
+# reading BPF map memory
 
 
 def fdinfo(fd: int) -> dict[str, str]:
@@ -124,196 +204,456 @@ def bpftool_memlock(map_id: int) -> int | None:
     return int(json.loads(r.stdout).get("bytes_memlock", 0))
 
 
-def map_memory(pin_dir: Path) -> dict[str, dict]:
-    """Every map pinned in pin_dir: type, sizes, max entries, memlock."""
-    maps = {}
+def held_map_fds() -> dict[int, int]:
+    """map id -> an fd of this process on it (BCC holds every map it made)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:bpf-map":
+                continue
+            info = fdinfo(int(name))
+        except (OSError, ValueError):
+            continue
+        if "map_id" in info:
+            out.setdefault(int(info["map_id"]), int(name))
+    return out
+
+
+def present(fd: int, m: dict, ncpus: int) -> int:
+    """Elements in a hash map, by one batch read."""
+    vsize = m["value_size"]
+    if m["type"] in PERCPU_TYPES:
+        vsize = (vsize + 7) // 8 * 8 * ncpus
+    return bpfsys.lookup_batch(fd, m["key_size"], vsize, m["max_entries"])[2]
+
+
+def _describe(fd: int, name: str, pinned: bool, ncpus: int) -> dict:
+    info = fdinfo(fd)
+    memlock = int(info["memlock"])
+    map_id = int(info.get("map_id", 0))
+    tool = bpftool_memlock(map_id) if map_id else None
+    if tool is not None and tool != memlock:
+        raise RuntimeError(f"{name}: fdinfo memlock {memlock} != bpftool {tool}")
+    m = {"name": name, "pinned": pinned, "id": map_id, "type": int(info["map_type"]),
+         "flags": int(info.get("map_flags", "0"), 16), "key_size": int(info["key_size"]),
+         "value_size": int(info["value_size"]), "max_entries": int(info["max_entries"]),
+         "memlock": memlock, "bpftool_bytes_memlock": tool}
+    if m["type"] in HASH_TYPES:
+        m["present"] = present(fd, m, ncpus)
+    m["model"] = htab_model(m, ncpus)
+    return m
+
+
+def map_memory(pin_dir: Path, extra_ids: set[int], ncpus: int) -> list[dict]:
+    """Every map pinned in pin_dir, then every map in extra_ids not pinned
+    there (the datapath's unpinned maps, held by its programs)."""
+    maps, seen = [], set()
     for path in sorted(pin_dir.iterdir()):
         try:
             fd = bpfsys.obj_get(str(path))
         except OSError:
             continue
         try:
-            info = fdinfo(fd)
-            if "map_type" not in info:        # a pinned program
+            if "map_type" not in fdinfo(fd):        # a pinned program
                 continue
-            memlock = int(info["memlock"])
-            map_id = int(info.get("map_id", 0))
-            tool = bpftool_memlock(map_id) if map_id else None
-            if tool is not None and tool != memlock:
-                raise RuntimeError(f"{path.name}: fdinfo memlock {memlock} != bpftool {tool}")
-            maps[path.name] = {"type": int(info["map_type"]), "key_size": int(info["key_size"]),
-                               "value_size": int(info["value_size"]),
-                               "max_entries": int(info["max_entries"]), "memlock": memlock,
-                               "bpftool_bytes_memlock": tool}
+            m = _describe(fd, path.name, True, ncpus)
         finally:
             os.close(fd)
+        seen.add(m["id"])
+        maps.append(m)
+    for map_id, fd in sorted(held_map_fds().items()):
+        if map_id in extra_ids and map_id not in seen:
+            r = subprocess.run(["bpftool", "map", "show", "id", str(map_id), "--json"],
+                               capture_output=True, text=True, timeout=20)
+            name = json.loads(r.stdout).get("name", f"id {map_id}") if not r.returncode \
+                else f"id {map_id}"
+            maps.append(_describe(fd, name, False, ncpus))
     return maps
 
 
-def nf_conntrack() -> dict:
-    slab = Path("/sys/kernel/slab/nf_conntrack")
-    out = {}
-    if (slab / "object_size").exists():
-        out["object_size"] = int((slab / "object_size").read_text())
-        out["slab_size"] = int((slab / "slab_size").read_text())
-    else:   # /proc/slabinfo: name active num objsize ...
-        for line in Path("/proc/slabinfo").read_text().splitlines():
-            f = line.split()
-            if f and f[0] == "nf_conntrack":
-                out["object_size"] = out["slab_size"] = int(f[3])
-    if not out:
-        raise RuntimeError("nf_conntrack's slab cache is not there (is nf_conntrack loaded?)")
-    for name in ("nf_conntrack_buckets", "nf_conntrack_max"):
-        out[name.removeprefix("nf_conntrack_")] = int(
-            Path(f"/proc/sys/net/netfilter/{name}").read_text())
-    out["bucket_bytes"] = 8     # struct hlist_nulls_head
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _round8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def htab_model(m: dict, ncpus: int) -> dict | None:
+    """Where a BPF hash map's memlock goes, as kernel/bpf/hashtab.c sizes it
+    (htab_map_mem_usage): None for other map types."""
+    if m["type"] not in HASH_TYPES:
+        return None
+    percpu, lru = m["type"] in PERCPU_TYPES, m["type"] in LRU_TYPES
+    prealloc = lru or not m["flags"] & BPF_F_NO_PREALLOC
+    if prealloc:
+        elements = m["max_entries"] + (ncpus if not lru and not percpu else 0)
+    else:
+        elements = m["present"]
+    value = 8 if percpu else _round8(m["value_size"])   # per-CPU: a pointer in the element
+    out = {"elements": elements, "prealloc": prealloc, "header": HTAB_ELEM * elements,
+           "key": _round8(m["key_size"]) * elements, "value": value * elements,
+           "llist": 0 if prealloc else LLIST_NODE * elements,
+           "buckets": HTAB_BUCKET * _pow2(m["max_entries"])}
+    if percpu:
+        out["value"] += _round8(m["value_size"]) * ncpus * elements
+    out["other"] = m["memlock"] - sum(out[k] for k in ("header", "key", "value", "llist",
+                                                        "buckets"))
     return out
 
 
-def nf_per_flow(nf: dict, occupancy: float = 1.0) -> float:
-    """nf_conntrack's bytes per flow with its table sized as on this host
-    (buckets per nf_conntrack_max) and filled to `occupancy` of its max."""
-    return nf["slab_size"] + nf["bucket_bytes"] * nf["buckets"] / (nf["max"] * occupancy)
+def total(maps: list[dict]) -> int:
+    return sum(m["memlock"] for m in maps)
 
 
 # --------------------------------------------------------------------------
-# measuring
+# the ctbpf side
 
 
-def _one_load(size: int, check_count: bool) -> dict:
-    pin_dir = BPFFS / f"ctbpf-bench-mem-{secrets.token_hex(4)}"
-    dp = None
-    fds = {}
+def _key_of(src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
+    return bytes(key_from_tuple(src, dst, proto, sport, dport)[0])
+
+
+def values_for(value_size: int, n: int) -> np.ndarray:
+    """n entries, zero but for an expiry that never comes (nothing runs to
+    read them, but a sweeper must not find them expired)."""
+    out = np.zeros((n, value_size), dtype=np.uint8)
+    if value_size == ctypes.sizeof(abi.CtEntry):
+        for name, _ in abi.CtEntry._fields_:
+            if name.startswith("expires"):
+                f = getattr(abi.CtEntry, name)
+                out[:, f.offset:f.offset + f.size] = 0xFF
+    return out
+
+
+def _fill_from_each_cpu(fd: int, keys: np.ndarray, values: np.ndarray) -> int:
+    """Write keys spread over the CPUs this process may run on, a share
+    from each: an LRU's free nodes are handed out per CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    done = 0
     try:
-        dp = Datapath(pin_dir, max_entries=size).load()
-        empty = map_memory(pin_dir)
-        fds = {n: bpfsys.obj_get(str(pin_dir / n)) for n in ("ct_new", "ct_assured")}
-        occ = {}
-        tables = ("ct_assured", "ct_new")
-        for fam, fname in ((F4, "IPv4"), (F6, "IPv6")):
-            filled = dict.fromkeys(tables, 0)
-            for frac in OCCUPANCIES:
-                want = int(size * frac)
-                for i, table in enumerate(tables):     # half the flows in each table
-                    n = (want // 2 if i == 0 else want - want // 2) - filled[table]
-                    fs = FlowSet(fam, TCP, (i << 21) + filled[table], n)
-                    values = entries_like(bytes(ENTRY_SIZE), n, time.monotonic_ns())
-                    check(f"{table} fill", update_batch(fds[table], fs.keys(np.arange(n)),
-                                                        values), n)
-                    filled[table] += n
-                if check_count:
-                    counted = sum(bpfsys.lookup_batch(fds[t], KEY_SIZE, ENTRY_SIZE, size)[2]
-                                  for t in tables)
-                    check(f"flows present at {frac:.0%} ({fname})", counted, want)
-                occ[f"{fname}_{int(frac * 100)}pct"] = {"flows": want,
-                                                        "maps": map_memory(pin_dir)}
-            for i, table in enumerate(tables):
-                fs = FlowSet(fam, TCP, i << 21, filled[table])
-                check(f"{table} emptied", delete_keys(fds[table], fs.keys(np.arange(fs.n))),
-                      fs.n)
-        return {"empty": empty, "occupancy": occ}
+        for i, cpu in enumerate(cpus):
+            os.sched_setaffinity(0, {cpu})
+            lo, hi = len(keys) * i // len(cpus), len(keys) * (i + 1) // len(cpus)
+            done += update_batch(fd, keys[lo:hi], values[lo:hi])
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        os.sched_setaffinity(0, cpus)
+    return done
+
+
+def _delete(fd: int, keys: np.ndarray, key_size: int, chunk: int = 1 << 16) -> None:
+    for at in range(0, len(keys), chunk):
+        bpfsys.delete_batch(fd, keys[at:at + chunk].tobytes(), key_size)
+
+
+class Ctbpf:
+    """One load of the datapath for one max."""
+
+    def __init__(self, max_entries: int, new_max: int | None) -> None:
+        self.max_entries = max_entries
+        self.new_max = new_max
+        self.pin_dir = BPFFS / f"ctbpf-bench-mem-{secrets.token_hex(4)}"
+        self.dp = None
+        self.ncpus = bpfsys.possible_cpus()
+        self.ids: set[int] = set()
+
+    def load(self) -> "Ctbpf":
+        before = set(held_map_fds())
+        kw = {"max_entries": self.max_entries}
+        if self.new_max is not None:
+            kw["new_max"] = self.new_max
+        self.dp = Datapath(self.pin_dir, **kw).load()
+        self.ids = set(held_map_fds()) - before
+        return self
+
+    def maps(self) -> list[dict]:
+        return map_memory(self.pin_dir, self.ids, self.ncpus)
+
+    def table(self, name: str) -> dict:
+        fd = bpfsys.obj_get(str(self.pin_dir / name))
         try:
-            if dp is not None:
-                dp.close()
+            return _describe(fd, name, True, self.ncpus)
         finally:
-            remove_private_dir(pin_dir)
+            os.close(fd)
+
+    def measure(self, cfg: Config, family: int) -> dict:
+        """Fill both tables with cfg's flows of one family, read every map,
+        empty the tables again."""
+        fds = {t: bpfsys.obj_get(str(self.pin_dir / t)) for t in ("ct_new", "ct_assured")}
+        syn, streams = cfg.plans(family)
+        filled = {}
+        try:
+            for table, plan in (("ct_assured", streams), ("ct_new", syn)):
+                m = self.table(table)
+                keys = plan.keys(_key_of)
+                if keys.shape[1] != m["key_size"]:
+                    raise RuntimeError(f"{table}: keys of {m['key_size']} bytes, flowkey builds "
+                                       f"{keys.shape[1]}")
+                done = _fill_from_each_cpu(fds[table], keys,
+                                           values_for(m["value_size"], len(keys)))
+                if done != len(keys):
+                    raise RuntimeError(f"{table}: the batch update stopped at {done} of "
+                                       f"{len(keys)}")
+                filled[table] = keys
+            maps = self.maps()
+            got = {m["name"]: m.get("present") for m in maps}
+            lost = {t: len(filled[t]) - got[t] for t in filled}
+            if lost["ct_assured"] or not 0 <= lost["ct_new"] <= LRU_LOCAL_FREE * self.ncpus:
+                raise RuntimeError(f"flows present {got['ct_assured']} + {got['ct_new']}, not "
+                                   f"{len(filled['ct_assured'])} + {len(filled['ct_new'])}")
+            return {"flows": got["ct_assured"] + got["ct_new"], "assured": got["ct_assured"],
+                    "unassured": got["ct_new"], "lru_lost": lost["ct_new"],
+                    "total_bytes": total(maps), "maps": maps}
+        finally:
+            for table, keys in filled.items():
+                _delete(fds[table], keys, keys.shape[1])
+            for fd in fds.values():
+                os.close(fd)
+
+    def close(self) -> None:
+        try:
+            if self.dp is not None:
+                self.dp.close()
+                self.dp = None
+        finally:
+            remove_private_dir(self.pin_dir)
 
 
-def _total(maps: dict) -> int:
-    return sum(m["memlock"] for m in maps.values())
+def has_new_max() -> bool:
+    return "new_max" in inspect.signature(Datapath).parameters
+
+
+def load_for(cfg: Config, new_max: int | None) -> tuple[Ctbpf, str]:
+    """The datapath at cfg.max, ct_new big enough for cfg's unassured half:
+    (loaded tables, how ct_new got its size)."""
+    if not has_new_max():
+        return Ctbpf(cfg.max, None).load(), "the loader has no new_max: ct_new is max"
+    if new_max is not None:
+        return Ctbpf(cfg.max, new_max).load(), "--memory-new-max"
+    c = Ctbpf(cfg.max, None).load()
+    try:
+        size = c.table("ct_new")["max_entries"]
+    except BaseException:
+        c.close()
+        raise
+    if size >= cfg.unassured:
+        return c, "the loader's default"
+    c.close()
+    return (Ctbpf(cfg.max, cfg.unassured).load(),
+            f"the unassured half (the loader's default, {size:,}, holds fewer)")
+
+
+def measure_ctbpf(cfg: Config, runs: int, new_max: int | None) -> dict:
+    c, why = load_for(cfg, new_max)
+    try:
+        empty = c.maps()
+        out = {"new_max": c.table("ct_new")["max_entries"], "new_max_from": why,
+               "idle_bytes": total(empty), "idle_maps": empty, "families": {}}
+        if cfg.flows:
+            for family, fname in FAMILIES:
+                rows = [c.measure(cfg, family) for _ in range(max(1, runs))]
+                first = rows[0]
+                out["families"][fname] = {
+                    "flows": first["flows"], "assured": first["assured"],
+                    "unassured": first["unassured"], "lru_lost": first["lru_lost"],
+                    "total_bytes": common.spread([r["total_bytes"] for r in rows], digits=0),
+                    "per_flow": common.spread([r["total_bytes"] / r["flows"] for r in rows],
+                                              digits=1),
+                    "maps": first["maps"]}
+        return out
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------
+# the kernel side
+
+
+def measure_kernel(table: kt.KernelTable, limits: kt.Limits, cfg: Config, runs: int,
+                   buckets_per_max: float) -> dict:
+    got = limits.set(ct_max=cfg.max, buckets=max(1, round(cfg.max * buckets_per_max)))
+    out = {"nf_conntrack_max": got["max"], "nf_conntrack_buckets": got["buckets"],
+           "idle_bytes": kt.BUCKET_BYTES * got["buckets"], "families": {}}
+    if not cfg.flows:
+        return out
+    for family, fname in FAMILIES:
+        syn, streams = cfg.plans(family)
+        rows = []
+        for i in range(max(1, runs)):
+            before = kt.slab_snapshot()
+            fill = table.fill(syn=(syn,), streams=(streams,), check_assured=i == 0)
+            after = kt.slab_snapshot()
+            cost = kt.kernel_cost(before, after, cfg.flows, got["buckets"])
+            cost["fill"] = fill
+            rows.append(cost)
+            table.flush()
+            kt.wait_slab_back(before["sysfs"]["objects"], max(1024, cfg.flows // 100))
+        first = rows[0]
+        out["families"][fname] = {
+            "flows": first["flows"], "assured": first["fill"].get("assured"),
+            "unassured": first["fill"].get("unassured"),
+            "per_flow": common.spread([r["per_flow"] for r in rows], digits=1),
+            "slab_per_flow": common.spread([r["slab_bytes"] / r["flows"] for r in rows],
+                                           digits=1),
+            "runs": rows}
+    return out
+
+
+# --------------------------------------------------------------------------
+# the benchmark
+
+
+def configs(args) -> list[Config]:
+    out = [Config("full", n, n) for n in args.memory_full]
+    out += [Config("occupancy", m, f) for m, f in args.memory_occupancy]
+    if args.memory_idle_max:
+        out.append(Config("idle", args.memory_idle_max, 0))
+    for c in out:
+        if c.flows > c.max:
+            raise ValueError(f"{c.name}: more flows than max")
+    return out
 
 
 def run(args) -> dict:
-    nf = nf_conntrack()
-    sizes = args.memory_sizes or sorted({nf["max"], 1 << 20})
-    per_size = {}
-    for size in sizes:
-        loads = [_one_load(size, i == 0) for i in range(max(1, args.memory_runs))]
-        first = loads[0]
-        tables = ("ct_new", "ct_assured")
-        per_size[size] = {
-            "maps": first["empty"],
-            "total_bytes": common.spread([_total(x["empty"]) for x in loads], digits=0),
-            "tables_bytes": common.spread([sum(x["empty"][t]["memlock"] for t in tables)
-                                           for x in loads], digits=0),
-            "per_flow_capacity": common.spread([_total(x["empty"]) / size for x in loads],
-                                               digits=1),
-            "per_flow_capacity_tables_only": common.spread(
-                [sum(x["empty"][t]["memlock"] for t in tables) / size for x in loads], digits=1),
-            "per_slot": {t: common.spread([x["empty"][t]["memlock"] / size for x in loads],
-                                          digits=1) for t in tables},
-            "occupancy": {
-                name: {"flows": o["flows"],
-                       "total_bytes": _total(o["maps"]),
-                       "per_flow": common.spread(
-                           [_total(x["occupancy"][name]["maps"]) / o["flows"] for x in loads],
-                           digits=1)}
-                for name, o in first["occupancy"].items()},
-            "memory_follows_occupancy": any(
-                _total(o["maps"]) != _total(first["empty"])
-                for o in first["occupancy"].values()),
-        }
-    return _results(nf, sizes, per_size)
+    cfgs = configs(args)
+    host = kt.Limits.read()
+    buckets_per_max = host["buckets"] / host["max"]
+    limits = kt.Limits()
+    table = None
+    per = []
+    try:
+        if not args.memory_no_kernel:
+            table = kt.KernelTable(secrets.token_hex(3), args.memory_timeout, prefix="ctbm")
+            table.setup()
+        for cfg in cfgs:
+            print(f"  {cfg.name}: ctbpf", flush=True)
+            row = {"config": cfg.__dict__ | {"name": cfg.name},
+                   "ctbpf": measure_ctbpf(cfg, args.memory_runs, args.memory_new_max)}
+            if table is not None:
+                print(f"  {cfg.name}: nf_conntrack", flush=True)
+                row["kernel"] = measure_kernel(table, limits, cfg, args.memory_kernel_runs,
+                                               buckets_per_max)
+                limits.restore()
+            per.append(row)
+    finally:
+        if table is not None:
+            table.close()
+        limits.restore()
+    return _results(per, host, buckets_per_max)
 
 
-def _results(nf: dict, sizes: list[int], per_size: dict) -> dict:
-    targets = []
-    ref = nf["max"] if nf["max"] in per_size else sizes[0]
-    p = per_size[ref]
-    nf_cap = round(nf_per_flow(nf), 1)
-    for fname in ("IPv4", "IPv6"):
-        mine = p["per_flow_capacity"]
-        ok = mine["median"] <= TARGET[fname] and mine["median"] <= TARGET_SHARE * nf_cap
-        targets.append(common.target_row(
-            f"bytes per {fname} flow at capacity (max {ref:,})", "bytes", mine,
-            f"<= {TARGET[fname]} and <= {TARGET_SHARE:g} x nf_conntrack", ok,
-            baseline=nf_cap, baseline_name="nf_conntrack",
-            note=f"all maps / max; the flow tables alone: "
-                 f"{p['per_flow_capacity_tables_only']['median']:g}"))
-    for fname in ("IPv4", "IPv6"):
-        for frac in OCCUPANCIES:
-            o = p["occupancy"][f"{fname}_{int(frac * 100)}pct"]
-            nf_occ = round(nf_per_flow(nf, frac), 1)
-            mine = o["per_flow"]
-            ok = mine["median"] <= TARGET[fname] and mine["median"] <= TARGET_SHARE * nf_occ
+def _results(per: list[dict], host: dict, buckets_per_max: float) -> dict:
+    targets, groups = [], {}
+    for row in per:
+        cfg, mine, kern = row["config"], row["ctbpf"], row.get("kernel")
+        if cfg["kind"] == "idle":
+            base = round(kern["idle_bytes"] / MIB, 2) if kern else None
             targets.append(common.target_row(
-                f"bytes per {fname} flow at {frac:.0%} occupancy ({o['flows']:,} flows)",
-                "bytes", mine, f"<= {TARGET[fname]} and <= {TARGET_SHARE:g} x nf_conntrack",
-                ok, baseline=nf_occ, baseline_name="nf_conntrack",
-                note="preallocated tables: the memory does not follow occupancy"))
-    groups = {}
-    for size, q in per_size.items():
-        groups[f"capacity, max {size:,}"] = {
-            "ctbpf": q["per_flow_capacity"],
-            "ctbpf flow tables only": q["per_flow_capacity_tables_only"],
-            "nf_conntrack": common.spread([nf_per_flow(nf)], digits=1)}
-    for name, o in p["occupancy"].items():
-        groups[f"{name.replace('_', ' ').replace('pct', '%')}, max {ref:,}"] = {
-            "ctbpf": o["per_flow"],
-            "nf_conntrack": common.spread([nf_per_flow(nf, o["flows"] / ref)], digits=1)}
+                f"all BPF maps, idle tracker (max {cfg['max']:,})", "MiB",
+                round(mine["idle_bytes"] / MIB, 2), f"<= {TARGET_IDLE_BYTES / MIB:g}",
+                mine["idle_bytes"] <= TARGET_IDLE_BYTES, baseline=base,
+                baseline_name="nf_conntrack's buckets" if kern else "",
+                note=f"ct_new {mine['new_max']:,} ({mine['new_max_from']})"))
+            continue
+        group = {}
+        for _, fname in FAMILIES:
+            f = mine["families"][fname]
+            kf = kern["families"][fname] if kern else None
+            share = TARGET_FULL_SHARE if cfg["kind"] == "full" else TARGET_OCCUPANCY_SHARE
+            ok = f["per_flow"]["median"] <= share * kf["per_flow"]["median"] if kf else None
+            want = f"<= {share:g} x nf_conntrack"
+            if cfg["kind"] == "full":
+                want = f"<= {TARGET_BYTES[fname]} and {want}"
+                if ok is not None:
+                    ok = ok and f["per_flow"]["median"] <= TARGET_BYTES[fname]
+            targets.append(common.target_row(
+                f"bytes per {fname} flow, {cfg['name']}", "bytes", f["per_flow"], want, ok,
+                baseline=kf["per_flow"] if kf else None,
+                baseline_name="nf_conntrack" if kf else "",
+                note=f"{f['flows']:,} flows present ({f['assured']:,} ASSURED); ct_new "
+                     f"{mine['new_max']:,} ({mine['new_max_from']})"))
+            group[f"ctbpf {fname}"] = f["per_flow"]
+            if kf:
+                group[f"nf_conntrack {fname}"] = kf["per_flow"]
+        groups[cfg["name"]] = group
     plots = [common.plot_bars("memory-per-flow", "Kernel memory per tracked flow",
-                              "bytes per flow", groups)]
-    return {"nf_conntrack": nf, "sizes": sizes,
-            "per_size": {str(k): v for k, v in per_size.items()},
-            "targets": targets, "plots": plots, "notes": NOTES}
+                              "bytes per flow", groups)] if groups else []
+    return {"host_limits": host, "buckets_per_max": buckets_per_max,
+            "ctbpf_has_new_max": has_new_max(),
+            "sizes": {"ct_key": ctypes.sizeof(abi.CtKey),
+                      "ct_entry": ctypes.sizeof(abi.CtEntry)},
+            "configs": per, "targets": targets, "plots": plots, "notes": NOTES}
+
+
+# --------------------------------------------------------------------------
+# the terminal
+
+
+SMALL = 64 << 10      # maps below this are summed into one line
+
+
+def breakdown(maps: list[dict], flows: int) -> list[str]:
+    """A per-map table: where the bytes of a configuration go."""
+    lines = ["| map | type | max | elements | header | key | value | llist | buckets | other "
+             "| memlock | per flow |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    small = [m for m in maps if m["memlock"] < SMALL]
+    for m in sorted((m for m in maps if m["memlock"] >= SMALL), key=lambda m: -m["memlock"]):
+        md = m["model"]
+        kind = MAP_TYPES.get(m["type"], str(m["type"]))
+        if md and not md["prealloc"]:
+            kind += ", no prealloc"
+        cells = ([f"{md['elements']:,}", *(f"{md[k]:,}" for k in
+                  ("header", "key", "value", "llist", "buckets", "other"))]
+                 if md else ["—"] * 7)
+        name = m["name"] if m["pinned"] else f"{m['name']} (not pinned)"
+        lines.append(f"| {name} | {kind} | {m['max_entries']:,} | {' | '.join(cells)} | "
+                     f"{m['memlock']:,} | {m['memlock'] / flows if flows else 0:.1f} |")
+    if small:
+        mem = sum(m["memlock"] for m in small)
+        lines.append(f"| {len(small)} small maps ({', '.join(m['name'] for m in small)}) | | | "
+                     f"| | | | | | | {mem:,} | {mem / flows if flows else 0:.1f} |")
+    return lines
 
 
 def summary(result: dict) -> str:
-    nf = result["nf_conntrack"]
-    lines = [f"nf_conntrack: slab object {nf['slab_size']} B (object_size {nf['object_size']}), "
-             f"buckets {nf['buckets']:,}, max {nf['max']:,}", "",
-             "| max | all maps | per flow (all maps / max) | flow tables per flow | "
-             "ct_new per slot | ct_assured per slot |", "|---|---|---|---|---|---|"]
     fv = common.format_value
-    for size, p in result["per_size"].items():
-        lines.append(f"| {int(size):,} | {p['total_bytes']['median']:,.0f} B | "
-                     f"{fv(p['per_flow_capacity'])} | {fv(p['per_flow_capacity_tables_only'])} |"
-                     f" {fv(p['per_slot']['ct_new'])} | {fv(p['per_slot']['ct_assured'])} |")
-    size, p = next(iter(result["per_size"].items()))
-    lines += ["", f"maps at max {int(size):,}: " + ", ".join(
-        f"{n} {m['memlock']:,} B" for n, m in p["maps"].items()), "",
-        common.table(result["targets"])]
-    return "\n".join(lines)
+    out = [f"ct_key {result['sizes']['ct_key']} B, ct_entry {result['sizes']['ct_entry']} B; "
+           f"this host: nf_conntrack_max {result['host_limits']['max']:,}, buckets "
+           f"{result['host_limits']['buckets']:,}", "",
+           "| configuration | family | flows | ctbpf per flow | nf_conntrack per flow | "
+           "nf slab / ext / buckets per flow |", "|---|---|---|---|---|---|"]
+    for row in result["configs"]:
+        cfg, mine, kern = row["config"], row["ctbpf"], row.get("kernel")
+        if cfg["kind"] == "idle":
+            out.append(f"| {cfg['name']} | — | 0 | {mine['idle_bytes']:,} B in all | "
+                       f"{kern['idle_bytes']:,} B (buckets) |  |" if kern else
+                       f"| {cfg['name']} | — | 0 | {mine['idle_bytes']:,} B in all | — | |")
+            continue
+        for fname, f in mine["families"].items():
+            kf = kern["families"][fname] if kern else None
+            parts = "—"
+            if kf:
+                r = kf["runs"][0]
+                parts = (f"{r['slab_bytes'] / r['flows']:.1f} / "
+                         f"{r['extension_bytes'] / r['flows']:.1f} / "
+                         f"{r['bucket_bytes'] / r['flows']:.1f}")
+            out.append(f"| {cfg['name']} | {fname} | {f['flows']:,} | {fv(f['per_flow'])} | "
+                       f"{fv(kf['per_flow']) if kf else '—'} | {parts} |")
+    for row in result["configs"]:
+        cfg, mine = row["config"], row["ctbpf"]
+        if cfg["kind"] == "idle":
+            out += ["", f"**{cfg['name']}** (ct_new {mine['new_max']:,}: "
+                        f"{mine['new_max_from']})", *breakdown(mine["idle_maps"], 0)]
+            continue
+        shown = None
+        for fname, f in mine["families"].items():
+            head = (f"**{cfg['name']}, {fname}** ({f['flows']:,} flows; ct_new "
+                    f"{mine['new_max']:,}: {mine['new_max_from']})")
+            lines = breakdown(f["maps"], f["flows"])
+            if lines == shown:
+                out += ["", head + ": the same maps and bytes as above"]
+                continue
+            out += ["", head, *lines]
+            shown = lines
+    out += ["", common.table(result["targets"])]
+    return "\n".join(out)
