@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-
-
-
 from dataclasses import dataclass
 
 from ctbpf import abi
@@ -93,6 +90,36 @@ class FlowFilter:
         if self.dport is not None and f.orig.dport != self.dport:
             return False
         return True
+
+    def mask(self, chunk):
+        """matches() of every row of a tablestream.Chunk, as a numpy bool array."""
+        import numpy as np  # noqa: PLC0415
+        from ctbpf.datapath.tablestream import PORTS, TCP  # noqa: PLC0415
+
+        keep = np.ones(len(chunk), bool)
+        if self.proto is not None:
+            keep &= chunk.proto == self.proto
+        if self.state is not None:
+            value = next(v for v, n in abi.TCP_STATE_NAMES.items() if n == self.state)
+            keep &= (chunk.proto == TCP) & (chunk.state == value)
+        for net, raw in ((self.src, chunk.src_raw), (self.dst, chunk.dst_raw)):
+            if net is not None:
+                keep &= _in_network(net, chunk.family, raw)
+        for port, values in ((self.sport, chunk.sport), (self.dport, chunk.dport)):
+            if port is not None:
+                keep &= (chunk.kind == PORTS) & (values == port)
+        return keep
+
+
+def _in_network(net, family, raw):
+    """Rows whose address ((n, 16) network-order bytes) is in net."""
+    import numpy as np  # noqa: PLC0415
+
+    size = 4 if net.version == 4 else 16
+    want = abi.const("CT_FAMILY_IPV4" if net.version == 4 else "CT_FAMILY_IPV6")
+    mask = np.frombuffer(net.netmask.packed, np.uint8)
+    base = np.frombuffer(net.network_address.packed, np.uint8)
+    return (family == want) & ((raw[:, :size] & mask) == base).all(axis=1)
 
 
 def tuple_from_args(args) -> TupleSpec:

@@ -219,7 +219,11 @@ def json_lines(c: Chunk) -> bytes:
             out.number(values[:, 0], counted, f', "{name}": {{"orig": ')
             out.number(values[:, 1], counted, ', "reply": ')
             out.when("}", counted)
-    out.text(f', "table": "{c.table}"}},\n')
+    if isinstance(c.table, str):
+        out.text(f', "table": "{c.table}"}},\n')
+    else:
+        out.pick(c.table, np.arange(len(c)), prefix=', "table": "')
+        out.text('"},\n')
     return out.bytes()
 
 

@@ -144,7 +144,7 @@ class Chunk:
     src/dst/sport/dport are the original direction's (the reply swaps them).
     For kind QUERY, sport is the ICMP id and dport is unused."""
 
-    table: str                 # "assured" or "new"
+    table: object              # "assured" or "new"; an S-string per row if mixed (concat)
     proto: np.ndarray          # u8
     family: np.ndarray         # u8, CT_FAMILY_*
     state: np.ndarray          # u8 enum ct_tcp_state (meaningful for TCP only)
@@ -173,13 +173,42 @@ class Chunk:
     def select(self, rows) -> "Chunk":
         """The chunk's rows at a boolean mask or index array."""
         per_row = {f.name: getattr(self, f.name)[rows] for f in fields(self)
-                   if f.name not in ("table", "addr_text", "addr_bytes")
-                   and getattr(self, f.name) is not None}
+                   if f.name not in ("addr_text", "addr_bytes")
+                   and not isinstance(getattr(self, f.name), (str, type(None)))}
         return replace(self, **per_row)
+
+    @staticmethod
+    def concat(chunks: list["Chunk"]) -> "Chunk":
+        """One chunk of the rows of several, in order, each row keeping its table."""
+        if any(c.packets is not None for c in chunks):
+            # rows of a chunk without counters stay without them
+            chunks = [c if c.packets is not None and c.counted is not None else replace(
+                c, packets=np.zeros((len(c), 2), np.uint64) if c.packets is None else c.packets,
+                bytes=np.zeros((len(c), 2), np.uint64) if c.bytes is None else c.bytes,
+                counted=np.full(len(c), c.packets is not None)) for c in chunks]
+        texts, src, dst, tables = [], [], [], []
+        for c in chunks:
+            src.append(c.src + len(texts))
+            dst.append(c.dst + len(texts))
+            texts += c.addr_text
+            tables.append(np.full(len(c), c.table.encode(), f"S{len(c.table)}")
+                          if isinstance(c.table, str) else c.table)
+        per_row = {f.name: None if getattr(chunks[0], f.name) is None else
+                   np.concatenate([getattr(c, f.name) for c in chunks])
+                   for f in fields(Chunk)
+                   if f.name not in ("table", "addr_text", "addr_bytes", "src", "dst")}
+        return Chunk(table=np.concatenate(tables), src=np.concatenate(src),
+                     dst=np.concatenate(dst), addr_text=texts,
+                     addr_bytes=np.array([t.encode() for t in texts] or [b""]), **per_row)
+
+    def table_names(self) -> list[str]:
+        if isinstance(self.table, str):
+            return [self.table] * len(self)
+        return [t.decode() for t in self.table.tolist()]
 
     def flows(self) -> list[Flow]:
         """The rows as table.Flow records (what table.decode makes)."""
-        text, states, short = self.addr_text, abi.TCP_STATE_NAMES, self.table
+        text, states = self.addr_text, abi.TCP_STATE_NAMES
         cols = [c.tolist() for c in (self.proto, self.family, self.state, self.kind, self.src,
                                      self.dst, self.sport, self.dport, self.itype, self.rtype,
                                      self.code, self.timeout, self.unreplied, self.assured)]
@@ -187,8 +216,8 @@ class Chunk:
         by = self.bytes.tolist() if self.bytes is not None else [None] * len(self)
         ok = self.counted.tolist() if self.counted is not None else [True] * len(self)
         out = []
-        for (proto, fam, st, kind, s, d, sp, dp, it, rt, code, left, unrep, assured), p, b, c \
-                in zip(zip(*cols), pk, by, ok):
+        for (proto, fam, st, kind, s, d, sp, dp, it, rt, code, left, unrep, assured), p, b, c, \
+                short in zip(zip(*cols), pk, by, ok, self.table_names()):
             s, d = text[s], text[d]
             if kind == PORTS:
                 orig = _new(Tuple, src=s, dst=d, sport=sp, dport=dp, type=None, code=None,
@@ -327,6 +356,29 @@ def decode(keys: np.ndarray, entries: np.ndarray, now_ns: int, table: str,
         bytes=None if c is None else np.array(c.bytes, np.uint64),
         counted=None if c is None or c.present is None else np.array(c.present, bool),
         addr_text=texts, addr_bytes=encoded)
+
+
+def sort_order(c: Chunk) -> np.ndarray:
+    """Row order by protocol, then the original source address (as text)
+    and port, destination address and port: ctbpf list --sort."""
+    _, rank = np.unique(np.array(c.addr_text or [""]), return_inverse=True)
+    ports = c.kind == PORTS
+    return np.lexsort((np.where(ports, c.dport, 0), rank[c.dst], np.where(ports, c.sport, 0),
+                       rank[c.src], c.proto))
+
+
+def stream_sorted(pin_dir: Path, counters: CounterSource = entry_counters,
+                  size: int = CHUNK) -> Iterator[Chunk]:
+    """stream(), sorted by sort_order(): holds the whole table."""
+    book = AddressBook()
+    parts = []
+    for name in TABLES:
+        keys, entries, now = read_all(pin_dir, name)
+        parts.append(decode(keys, entries, now, name, counters, book))
+    whole = Chunk.concat(parts)
+    order = sort_order(whole)
+    for at in range(0, len(order), size):
+        yield whole.select(order[at:at + size])
 
 
 def stream(pin_dir: Path, counters: CounterSource = entry_counters, first: int = FIRST_CHUNK,
