@@ -14,7 +14,8 @@ PACKAGES=(python3-bpfcc iputils-ping bpftool iproute2 nftables conntrack python3
           python3-pip make hping3 tcpdump procps ethtool kmod
           libatomic1    # ctbpf/datapath/ringbuf.py: the ring consumer's memory fences (arm64, ppc64le, s390x)
           prometheus vagrant systemd    # tests/deploy: promtool, vagrant validate (and ruby), systemd-analyze
-          netsniff-ng python3-matplotlib python3-numpy)   # bench: trafgen, plots, arrays
+          python3-numpy    # ctbpf list and top: the table decoded by whole batches (and bench arrays)
+          netsniff-ng python3-matplotlib)   # bench: trafgen, plots
 PACKAGE_LIST="${PACKAGES[*]}"   # before any kernel-headers package is added
 
 say() { printf '[setup] %s\n' "$*"; }
