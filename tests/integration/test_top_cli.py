@@ -66,7 +66,10 @@ def test_top_shows_entries_rates_and_talkers(lab, tracker):
     text = "\n".join(frame)
 
     # header: entries against the limit, a non-zero packet rate
-    assert frame[0].startswith("ctbpf top - ") and "rates over 0.5s" in frame[0], text
+    # The header gives the interval it measured: at least the asked 0.5 s,
+    # more on a loaded machine.
+    over = re.search(r"\(rates over (\d+\.\d)s\)", frame[0])
+    assert frame[0].startswith("ctbpf top - ") and over and 0.5 <= float(over[1]) < 5, text
     entries = re.search(r"^Entries: (\d+) total; assured (\d+)/65536 .*, new (\d+)/65536",
                         text, re.M)
     assert entries and int(entries[1]) >= 2 and int(entries[2]) >= 1, text
