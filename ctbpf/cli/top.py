@@ -47,7 +47,7 @@ class Sample:
     pkt_states: dict[str, int]           # packets per user-land state (totals)
     invalid: dict[str, int]              # invalid packets per reason (totals)
     occupancy: dict[str, Counter]        # table -> Counter((proto, tcp state name|None) -> live)
-    flows: dict[object, FlowSample]      # flow key (proto, family, orig tuple) -> totals
+    flows: object                        # toptalkers.FlowTotals, or {flow key: FlowSample}
 
 
 @dataclass(frozen=True)
@@ -93,27 +93,65 @@ def flow_label(f) -> str:
 
 
 def take_sample(pin_dir: Path) -> Sample:
+    """One pass over both tables, chunk by chunk, kept as arrays: occupancy
+    and per-flow totals, without a Python object per flow."""
+    import numpy as np  # noqa: PLC0415
+
     from ctbpf import abi  # noqa: PLC0415
-    from ctbpf.datapath import bpfsys, occupancy, stats, table
+    from ctbpf.cli.toptalkers import FlowTotals, fingerprints  # noqa: PLC0415
+    from ctbpf.datapath import bpfsys, stats, tablestream  # noqa: PLC0415
 
     counters = stats.read_counters(pin_dir)
-    live, _ = occupancy.occupancy(pin_dir)
-    flows = table.read_flows(pin_dir)
+    codes = {name.removeprefix("ct_"): np.zeros(1 << 16, np.int64)
+             for name in tablestream.TABLES}
+    parts = []
+    for name, keys, entries, now in tablestream.read_chunks(pin_dir):
+        live = tablestream.entry_clock(entries) > now
+        keys, entries = keys[live], entries[live]
+        state, _ = tablestream.entry_state_flags(entries)
+        proto = keys["proto"]
+        code = proto.astype(np.intp) << 8 | np.where(proto == tablestream.TCP, state, 0)
+        codes[name.removeprefix("ct_")] += np.bincount(code, minlength=1 << 16)
+        c = tablestream.entry_counters(keys, entries)
+        zero = np.zeros(len(keys), np.uint64)
+        parts.append((name, keys, tablestream.slim(entries), fingerprints(keys),
+                      zero if c is None else c.packets.sum(axis=1, dtype=np.uint64),
+                      zero if c is None else c.bytes.sum(axis=1, dtype=np.uint64)))
     fd = bpfsys.obj_get(str(pin_dir / "ct_new"))
     try:
         limit = bpfsys.map_info(fd).max_entries
     finally:
         os.close(fd)
-    named = {t: Counter({(p, abi.TCP_STATE_NAMES.get(s, str(s)) if s is not None else None): n
-                         for (p, s), n in c.items()})
-             for t, c in live.items()}
+    named = {}
+    for t, counts in codes.items():
+        named[t] = Counter()
+        for code in np.flatnonzero(counts).tolist():
+            p, st = code >> 8, code & 0xFF
+            named[t][(p, abi.TCP_STATE_NAMES.get(st, str(st)) if p == tablestream.TCP
+                      else None)] = int(counts[code])
+
+    def cat(i, empty):
+        return np.concatenate([p[i] for p in parts]) if parts else empty
+
+    def labels(rows) -> list[str]:
+        out, starts = [], np.cumsum([0] + [len(p[1]) for p in parts])
+        for row in rows.tolist():
+            i = int(np.searchsorted(starts, row, side="right")) - 1
+            name, keys, slim = parts[i][:3]
+            r = row - starts[i]
+            flow = tablestream.decode(keys[r:r + 1], slim[r:r + 1], 0, name,
+                                      counters=lambda k, e: None, include_expired=True)
+            out.append(flow_label(flow.flows()[0]))
+        return out
+
+    none = np.zeros(0, np.uint64)
     return Sample(
         mono=time.monotonic(), wall=time.time(), limit=limit,
         pkt_states={name: counters[v] for v, name in abi.PKT_STATE_NAMES.items()},
         invalid={name: counters[stats.BASE + v] for v, name in abi.INVALID_REASON_NAMES.items()},
         occupancy=named,
-        flows={(f.proto, f.family, f.orig): FlowSample(flow_label(f), sum(f.packets), sum(f.bytes))
-               for f in flows})
+        flows=FlowTotals(ids=cat(3, none), packets=cat(4, none), bytes=cat(5, none),
+                         labels=labels))
 
 
 # --------------------------------------------------------------------------
@@ -156,18 +194,36 @@ def compute_frame(prev: Sample | None, cur: Sample, top_n: int = TOP_N) -> Frame
             {t: cur.occupancy[t].get((p, s), 0) for t in tables}) for p, s in keys]
     entries = {t: sum(c.values()) for t, c in cur.occupancy.items()}
 
-    talkers = []
-    for key, fs in cur.flows.items():
-        if prev is None:
-            talkers.append(Talker(fs.label, None, None, fs.bytes))
-            continue
-        dp, db = flow_delta(prev.flows.get(key), fs)
-        talkers.append(Talker(fs.label, dp / dt if dt > 0 else 0.0, db / dt if dt > 0 else 0.0,
-                              fs.bytes))
-    talkers.sort(key=lambda t: (-(t.bps or 0.0), -t.total_bytes, t.label))
+    talkers = _talkers(prev, cur, dt, top_n)
     return Frame(wall=cur.wall, interval=dt, limit=cur.limit, entries=entries,
                  pkt_rates=pkt_rates, invalid_rate=invalid_rate, invalid_rates=invalid_rates,
-                 occupancy=occ, talkers=talkers[:top_n])
+                 occupancy=occ, talkers=talkers)
+
+
+def _totals(flows):
+    from ctbpf.cli.toptalkers import FlowTotals  # noqa: PLC0415
+
+    return FlowTotals.from_samples(flows) if isinstance(flows, dict) else flows
+
+
+def _talkers(prev: Sample | None, cur: Sample, dt: float | None, top_n: int) -> list[Talker]:
+    """The top_n flows by bytes/s (by total bytes without an earlier sample),
+    then by total bytes and label."""
+    from ctbpf.cli.toptalkers import busiest, deltas  # noqa: PLC0415
+
+    now = _totals(cur.flows)
+    if prev is None:
+        rows = busiest(now.bytes, now.bytes, top_n)
+        talkers = [Talker(label, None, None, total) for label, total in
+                   zip(now.labels(rows), now.bytes[rows].tolist())]
+    else:
+        dp, db = deltas(_totals(prev.flows), now)
+        rows = busiest(db, now.bytes, top_n)
+        talkers = [Talker(label, p / dt if dt > 0 else 0.0, b / dt if dt > 0 else 0.0, total)
+                   for label, p, b, total in zip(now.labels(rows), dp[rows].tolist(),
+                                                 db[rows].tolist(), now.bytes[rows].tolist())]
+    talkers.sort(key=lambda t: (-(t.bps or 0.0), -t.total_bytes, t.label))
+    return talkers
 
 
 # --------------------------------------------------------------------------

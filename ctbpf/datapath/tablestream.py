@@ -50,6 +50,15 @@ def entry_state_flags(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return entries["state"], entries["flags"]
 
 
+def slim(entries: np.ndarray) -> np.ndarray:
+    """A compact copy of the fields decode() reads but the counters: enough to
+    decode the flows again later (top keeps it for its talkers' labels)."""
+    from numpy.lib import recfunctions  # noqa: PLC0415
+
+    names = [n for n in ("expires_ns", "expires", "state", "flags") if n in entries.dtype.names]
+    return recfunctions.repack_fields(entries[names])
+
+
 @dataclass(frozen=True)
 class Counters:
     """packets and bytes, (n, 2) u64 by enum ct_dir; `present` marks the
