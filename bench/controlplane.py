@@ -1,6 +1,7 @@
-"""Control plane at scale: `ctbpf list -o json` against `conntrack -L` on a
-kernel table holding the same flows, and a Prometheus scrape of the real
-exporter at a million entries.
+"""Control plane at scale: `ctbpf list` in each format against `conntrack
+-L` on a kernel table holding the same flows (bench/listbench.py: time,
+first line, peak RSS, and a `ctbpf top` refresh), and a Prometheus scrape
+of the real exporter at a million entries.
 
 Setup, all of it private to the run and removed at the end (try/finally):
 
@@ -18,11 +19,14 @@ Setup, all of it private to the run and removed at the end (try/finally):
 
 Figures, each the median of --controlplane-runs runs [min, max]:
 
-  list     (L flows, default 200k) wall time of `ctbpf list --pin-dir DIR
-           -o json` as a subprocess, output to /dev/null, against
-           `ip netns exec NS conntrack -L`, output to /dev/null (text:
-           conntrack has no JSON); runs interleaved; the child's CPU (wait4)
-           too. One untimed run of each first checks that all L are printed.
+  list     (L flows, default 1M) wall time of `ctbpf list --pin-dir DIR
+           -o proc|conntrack|json` as subprocesses, stdout drained through a
+           pipe, against `ip netns exec NS conntrack -L` read the same way;
+           runs interleaved; the time to the first line, the child's CPU and
+           peak RSS (wait4) too, and the RSS again at L/10 flows. One
+           untimed run of each first checks that all L are printed.
+  top      (L flows) one `ctbpf top` refresh in this process: both tables
+           read, rates against the previous sample, the frame rendered.
   scrape   (N flows, default 1M) the real daemon, `ctbpf run --pin-dir DIR
            --metrics-addr 127.0.0.1:PORT` on a veth in a namespace of its
            own, adopting the filled maps; a client in that namespace times
@@ -36,7 +40,6 @@ import json
 import os
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -45,12 +48,13 @@ from array import array
 from pathlib import Path
 
 from ctbpf import abi
-from ctbpf.datapath import bpfsys, formats, occupancy, table
+from ctbpf.datapath import bpfsys, occupancy, table
 from ctbpf.datapath.loader import Datapath, remove_pins
 
-from . import common, kerneltable
+from . import common, kerneltable, listbench
 
-HELP = "ctbpf list -o json vs conntrack -L (200k flows each); a /metrics scrape at 1M entries"
+HELP = ("ctbpf list (proc, conntrack, json) vs conntrack -L and a top refresh (1M flows "
+        "each); a /metrics scrape at 1M entries")
 
 NOTES = """\
 **Listing.** `ctbpf list -o json` is timed as the real command, a
@@ -131,9 +135,9 @@ METRICS_PORT = 9476
 def add_arguments(g) -> None:
     g.add_argument("--controlplane-entries", type=int, default=1_000_000, metavar="N",
                    help="flows in each table (default 1000000)")
-    g.add_argument("--controlplane-list-entries", type=int, default=200_000, metavar="N",
-                   help="flows in both tables for the list figure (default 200000: ctbpf list "
-                        "takes about 40 s per million here, too long for 5 runs; 0: all N)")
+    g.add_argument("--controlplane-list-entries", type=int, default=1_000_000, metavar="N",
+                   help="flows in both tables for the list and top figures (default 1000000; "
+                        "0: all N)")
     g.add_argument("--controlplane-runs", type=int, default=common.MIN_RUNS, metavar="N",
                    help=f"timed runs of each list command (default {common.MIN_RUNS})")
     g.add_argument("--controlplane-scrapes", type=int, default=10, metavar="N",
@@ -306,12 +310,10 @@ class CtbpfTable:
         raw[abi.CtKey.family.offset::ksize] = bytes([abi.const("CT_FAMILY_IPV4")]) * n
 
         values = bytearray(esize * n)
-        q = memoryview(values).cast("Q")
+        q = memoryview(values).cast("I")
         now = time.monotonic_ns()
-        q[abi.CtEntry.expires_ns.offset // 8::esize // 8] = array("Q", [now + LIVE_FOR_NS]) * n
-        q[abi.CtEntry.created_ns.offset // 8::esize // 8] = array("Q", [now - NS]) * n
-        q[abi.CtEntry.packets.offset // 8::esize // 8] = array("Q", [1]) * n      # packets[orig]
-        q[abi.CtEntry.bytes.offset // 8::esize // 8] = array("Q", [28]) * n       # bytes[orig]
+        q[abi.CtEntry.expires.offset // 4::esize // 4] = array("I", [abi.ticks(now + LIVE_FOR_NS)]) * n
+        q[abi.CtEntry.created.offset // 4::esize // 4] = array("I", [abi.ticks(now - NS)]) * n
         memoryview(values)[abi.CtEntry.flags.offset::esize] = (
             bytes([abi.const("CT_F_ORIG_IS_HI")]) * n)
         return keys, values
@@ -461,12 +463,21 @@ def run(args) -> dict:
     figures: dict = {}
     try:
         setup["ctbpf"] = ours.setup()
+        small_n = max(1, list_n // 10)
+        print(f"  filling the ctbpf table with {small_n} flows: peak RSS of ctbpf list",
+              flush=True)
+        ours.fill(small_n)
+        small_rss = listbench.rss_at(ours.list_cmd, min(runs, 3), timeout)
         print(f"  filling the ctbpf table with {list_n} flows", flush=True)
         setup["ctbpf"]["fill_list_s"] = ours.fill(list_n)
         if kernel is not None:
             print(f"  filling nf_conntrack with {list_n} flows (trafgen)", flush=True)
             setup["kernel"] = _kernel_fill(kernel, limits, n, list_n)
         figures["list"] = _list_figures(ours, kernel, list_n, runs, timeout)
+        figures["list"]["rss"] = {"small_entries": small_n, "small_mb": small_rss}
+        print("  ctbpf top refresh", flush=True)
+        figures["top"] = {"entries": list_n, "refresh_s": listbench.top_refresh(ours.pin_dir,
+                                                                                max(runs, 5))}
         if kernel is not None:
             kernel.close()   # frees the conntrack entries before the scrape
             limits.restore()
@@ -498,8 +509,8 @@ def run(args) -> dict:
     return {"config": {"entries": n, "list_entries": list_n, "runs": runs,
                        "scrapes": args.controlplane_scrapes,
                        "table_size": args.controlplane_table_size,
-                       "ctbpf_list": "ctbpf list --pin-dir DIR -o json > /dev/null",
-                       "kernel_list": "ip netns exec NS conntrack -L > /dev/null"},
+                       "ctbpf_list": "ctbpf list --pin-dir DIR -o FORMAT | (drained)",
+                       "kernel_list": "ip netns exec NS conntrack -L | (drained)"},
             "setup": setup, "figures": figures, "targets": _targets(figures),
             "plots": _plots(figures)}
 
@@ -514,22 +525,10 @@ def _list_figures(ours: CtbpfTable, kernel: kerneltable.KernelTable | None, coun
         shown = _count_in_stream(kernel.list_cmd(), b"\n", timeout)
         if shown != count:
             raise RuntimeError(f"conntrack -L printed {shown} lines, not {count}")
-    raw: dict[str, list[dict]] = {"ctbpf_json": []}
-    if kernel is not None:
-        raw["conntrack"] = []
-    for i in range(runs):   # interleaved: drift on the machine hits both alike
-        raw["ctbpf_json"].append(timed_command(ours.list_cmd("json"), timeout))
-        if kernel is not None:
-            raw["conntrack"].append(timed_command(kernel.list_cmd(), timeout))
-        print(f"  list run {i + 1}/{runs}: " + ", ".join(
-            f"{k} {v[-1]['wall']:.2f} s" for k, v in raw.items()), flush=True)
-    out = {k: {"wall_s": common.spread([r["wall"] for r in v]),
-               "cpu_s": common.spread([r["cpu"] for r in v]),
-               "runs_wall_s": [round(r["wall"], 4) for r in v],
-               "us_per_entry": round(statistics.median(r["wall"] for r in v) / count * 1e6, 3)}
-           for k, v in raw.items()}
+    out = listbench.list_figures(ours.list_cmd, kernel.list_cmd() if kernel else None, runs,
+                                 timeout)
     out["entries"] = count
-    out["ctbpf_json"]["phases_s"] = _list_phases(ours.pin_dir)
+    out["json"]["phases_s"] = _list_phases(ours.pin_dir)
     return out
 
 
@@ -548,22 +547,24 @@ def _scrape_phases(pin_dir: Path) -> dict:
 
 
 def _list_phases(pin_dir: Path) -> dict:
-    """Where `ctbpf list -o json` spends its time: the steps of
-    ctbpf/cli/commands/list.py done in this process, one run (the rest of the
-    command's wall time is starting Python and writing the text out)."""
-    t0 = time.perf_counter()
-    for name in table.TABLES:
-        table.read_raw(pin_dir, name)
-    t1 = time.perf_counter()
-    flows = table.read_flows(pin_dir)   # reads again, then decodes
-    t2 = time.perf_counter()
-    flows.sort(key=lambda f: (f.proto, f.orig.src, f.orig.sport or 0, f.orig.dst,
-                              f.orig.dport or 0))
-    t3 = time.perf_counter()
-    text = formats.json_text(flows)
-    t4 = time.perf_counter()
-    return {"batch_read": round(t1 - t0, 3), "decode": round(t2 - t1 - (t1 - t0), 3),
-            "sort": round(t3 - t2, 3), "json": round(t4 - t3, 3), "json_bytes": len(text)}
+    """Where `ctbpf list -o json` spends its time: its steps in this process,
+    one run, whole table (the command overlaps them chunk by chunk; the rest
+    of its wall time is starting Python and writing)."""
+    from ctbpf.datapath import listtext, tablestream  # noqa: PLC0415
+
+    read = decode = text = 0.0
+    size = 0
+    t = time.perf_counter()
+    for name, keys, entries, now in tablestream.read_chunks(pin_dir):
+        t1 = time.perf_counter()
+        chunk = tablestream.decode(keys, entries, now, name)
+        t2 = time.perf_counter()
+        size += len(listtext.json_lines(chunk))
+        t3 = time.perf_counter()
+        read, decode, text = read + t1 - t, decode + t2 - t1, text + t3 - t2
+        t = time.perf_counter()
+    return {"batch_read": round(read, 3), "decode": round(decode, 3), "json": round(text, 3),
+            "json_bytes": size}
 
 
 def _size(n: int) -> str:
@@ -574,19 +575,9 @@ def _size(n: int) -> str:
 def _targets(f: dict) -> list[dict]:
     rows = []
     lst = f.get("list", {})
-    if "ctbpf_json" in lst:
-        size = _size(lst["entries"])
-        mine = lst["ctbpf_json"]["wall_s"]
-        base = lst.get("conntrack", {}).get("wall_s")
-        speedup = base["median"] / mine["median"] if base else None
-        rows.append(common.target_row(
-            f"list {size} entries: `ctbpf list -o json` vs `conntrack -L`", "s", mine,
-            f"ctbpf >= {TARGET_LIST_SPEEDUP:g}x faster (ratio <= {1 / TARGET_LIST_SPEEDUP:.2f})",
-            None if speedup is None else speedup >= TARGET_LIST_SPEEDUP,
-            baseline=base, baseline_name="conntrack -L",
-            note=(f"{speedup:.1f}x faster" if speedup is not None and speedup >= 1 else
-                  f"{1 / speedup:.1f}x slower" if speedup else
-                  "baseline skipped (--controlplane-no-kernel)")))
+    if "proc" in lst:
+        rows += listbench.targets(lst, lst.get("rss"), f.get("top", {}).get("refresh_s"),
+                                  _size(lst["entries"]))
     if "scrape" in f:
         s = f["scrape"]["wall_s"]
         rows.append(common.target_row(
@@ -600,7 +591,8 @@ def _plots(f: dict) -> list[str]:
         plots = []
         if "list" in f:
             size = _size(f["list"]["entries"])
-            names = {"ctbpf_json": "ctbpf list -o json", "conntrack": "conntrack -L"}
+            names = {"proc": "ctbpf list", "conntrack": "ctbpf list -o conntrack",
+                     "json": "ctbpf list -o json", "conntrack -L": "conntrack -L"}
             groups = {f"list {size} entries": {names[k]: f["list"][k]["wall_s"]
                                                for k in names if k in f["list"]}}
             plots.append(common.plot_bars("controlplane-list", f"Listing {size} entries "
@@ -628,20 +620,13 @@ def summary(result: dict) -> str:
     c, f = result["config"], result["figures"]
     lines = [f"list at {c['list_entries']} entries ({c['runs']} runs), scrape at "
              f"{c['entries']} entries; median [min, max]"]
-    names = {"ctbpf_json": "ctbpf list -o json", "conntrack": "conntrack -L"}
-    for k, name in names.items():
-        if k not in f.get("list", {}):
-            continue
-        v = f["list"][k]
-        w, cpu = v["wall_s"], v["cpu_s"]
-        lines.append(f"  {name:<20} wall {w['median']:.3f} s [{w['min']:.3f}, "
-                     f"{w['max']:.3f}]  cpu {cpu['median']:.3f} s  "
-                     f"({v['us_per_entry']:.2f} us per entry)")
-        if "phases_s" in v:
-            ph = v["phases_s"]
-            lines.append(f"  {'':<20} in-process, one run: batch read {ph['batch_read']:.3f} s,"
-                         f" decode {ph['decode']:.3f} s, sort {ph['sort']:.3f} s, JSON "
-                         f"{ph['json']:.3f} s ({ph['json_bytes'] / 1e6:.0f} MB)")
+    if "proc" in f.get("list", {}):
+        lines += listbench.summary_lines(f["list"], f["list"].get("rss"),
+                                         f.get("top", {}).get("refresh_s"))
+        ph = f["list"]["json"]["phases_s"]
+        lines.append(f"  {'':<22} -o json in-process, one run: batch read {ph['batch_read']:.3f}"
+                     f" s, decode {ph['decode']:.3f} s, JSON {ph['json']:.3f} s "
+                     f"({ph['json_bytes'] / 1e6:.0f} MB)")
     if "scrape" in f:
         w = f["scrape"]["wall_s"]
         lines.append(f"  {'GET /metrics':<20} wall {w['median']:.3f} s [{w['min']:.3f}, "
