@@ -57,29 +57,24 @@ HELP = ("ctbpf list (proc, conntrack, json) vs conntrack -L and a top refresh (1
         "each); a /metrics scrape at 1M entries")
 
 NOTES = """\
-**Listing.** `ctbpf list -o json` is timed as the real command, a
-subprocess pointed at a private pin dir with `--pin-dir`, output to
-`/dev/null`. The baseline is `conntrack -L` on a kernel conntrack table of
-the same size in a private network namespace, also to `/dev/null`.
-`conntrack` has no JSON output, so its default text format is the
-baseline. Both tables hold the same flows: unreplied UDP
-`10.200.1.T:P -> 10.200.0.1:9`. The kernel's are made by `trafgen`, one
-UDP packet per flow, over a veth pair into a namespace with conntrack on
-(about a second per 200,000). ctbpf's are written into `ct_new` with
+**Listing.** `ctbpf list -o proc`, `-o conntrack` and `-o json` are timed
+as the real command, a subprocess pointed at a private pin dir with
+`--pin-dir`, its output drained through a pipe. The baseline is `conntrack
+-L` on a kernel conntrack table of the same size in a private network
+namespace, read the same way, in the same rounds. Both tables hold the
+same 1,000,000 flows: unreplied UDP `10.200.1.T:P -> 10.200.0.1:9`. The
+kernel's are made by `trafgen`, one UDP packet per flow, over a veth pair
+into a namespace with conntrack on; ctbpf's are written into `ct_new` with
 `BPF_MAP_UPDATE_BATCH`. Both commands are timed whole, as a user meets
-them, so the figure includes starting Python and importing ctbpf (and,
-for `conntrack`, `ip netns exec`). The children's CPU time is in the
-result file.
-
-The list figure is taken at 200,000 flows by default, not 1,000,000:
-`ctbpf list -o json` takes about 40 µs per flow here (about 40 s per
-million), so five runs at a million do not fit in the benchmark's three
-minutes. Both commands cost a fixed amount per flow, so the ratio carries
-over to a million. `--controlplane-list-entries 1000000` measures at a
-million; `nf_conntrack_max` is a global sysctl (read-only inside a
-namespace), so the benchmark then raises it for the run and puts it back.
-One in-process run of the command's steps (batch read, decode into
-`Flow`s, sort, JSON) shows where the time goes.
+them, so the figure includes starting Python and importing ctbpf and numpy
+(and, for `conntrack`, `ip netns exec`). `ctbpf list` streams: batch reads
+of 64k entries into fixed numpy buffers, decoded column-wise, each chunk's
+lines assembled in one byte matrix and written at once
+(`ctbpf/datapath/tablestream.py`, `listtext.py`), in table order like
+`conntrack -L`. The first line is timed from fork; peak RSS is the child's
+VmHWM, taken at 100,000 and at 1,000,000 flows. `ctbpf top` is one refresh
+in the benchmark's process: both tables read, rates against the previous
+sample, the frame rendered.
 
 **Scrape.** The exporter is the real one: `ctbpf run --metrics-addr
 127.0.0.1:PORT` on a veth in a namespace of its own, adopting the filled
@@ -92,19 +87,6 @@ reads and counts shows where the time goes.
 
 **Targets missed, and what would close them.**
 
-- *List at least 3x faster than `conntrack -L`.* `conntrack -L` costs about
-  3-5 us per flow here (a netlink dump and C formatting). `ctbpf list` was
-  cut from about 40-50 us to about 12 us per flow by decoding the raw batch
-  buffers with `struct` and cached address strings (no `ipaddress`, no
-  ctypes object per entry, the garbage collector paused while a million
-  records are made) and by writing JSON from a template in pieces
-  (byte-identical to `json.dumps`). What is left, per flow: about 3 us to
-  decode, 4-5 us to sort (`conntrack -L` prints in hash order and does not
-  sort at all) and 4 us to format, all interpreter costs of one Python
-  object and one string per flow. 3x faster means about 1 us per flow,
-  which needs the per-flow work out of the interpreter: a small compiled
-  formatter (a C extension, or numpy-vectorised text assembly over the raw
-  buffers) fed straight from `BPF_MAP_LOOKUP_BATCH`, and an unsorted mode.
 - *Scrape at most 0.5 s at a million entries.* Reading both tables with
   `BPF_MAP_LOOKUP_BATCH` to count entries per protocol and TCP state costs
   0.55-0.6 s per million here (about 350 ns per entry, most of it copying
@@ -122,7 +104,6 @@ NS = 1_000_000_000
 LIVE_FOR_NS = 3600 * NS
 
 # Targets of issue 6 ("Control plane").
-TARGET_LIST_SPEEDUP = 3.0      # ctbpf list at least 3x faster than conntrack -L
 TARGET_SCRAPE_S = 0.5          # one scrape of /metrics at 1M entries
 
 # the flows both tables hold: kerneltable's plan of N unreplied IPv4 UDP flows

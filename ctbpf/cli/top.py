@@ -107,7 +107,10 @@ def take_sample(pin_dir: Path) -> Sample:
     parts = []
     for name, keys, entries, now in tablestream.read_chunks(pin_dir):
         live = tablestream.entry_clock(entries) > now
-        keys, entries = keys[live], entries[live]
+        if live.all():   # keys outlive the next read, which reuses the buffers: a copy
+            keys, entries = keys.copy(), entries
+        else:
+            keys, entries = keys[live], entries[live]
         state, _ = tablestream.entry_state_flags(entries)
         proto = keys["proto"]
         code = proto.astype(np.intp) << 8 | np.where(proto == tablestream.TCP, state, 0)
