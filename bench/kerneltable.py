@@ -285,11 +285,10 @@ class KernelTable:
 
     def send(self, plan: Plan, count: int, reply: bool = False) -> None:
         """One trafgen pass: a frame for each of the first `count` flows."""
-        path = Path(f"/tmp/ctbench-{self.rx_ns}-{plan.family}-{plan.proto}-{plan.net}"
-                    f"{'-reply' if reply else ''}.trafgen")
+        path = Path(f"/tmp/ctbench-{self.rx_ns}.trafgen")
         if path not in self.cfg_paths:
             self.cfg_paths.append(path)
-            path.write_text(plan.trafgen(self.mac, reply))
+        path.write_text(plan.trafgen(self.mac, reply))
         run_cmd(["ip", "netns", "exec", self.tx_ns, "trafgen", "-i", str(path), "-o",
                  self.tx_if, "-n", str(count), "-P", "1", "-q"], timeout=self.timeout)
 
@@ -311,7 +310,8 @@ class KernelTable:
         info = {"made_s": round(time.perf_counter() - t0, 3), "passes": passes}
         if made != want:
             raise RuntimeError(f"nf_conntrack holds {made} new entries after {passes} trafgen "
-                               f"passes, not {want}")
+                               f"passes, not {want} (nf_conntrack_max {CT_MAX.read_text().strip()}"
+                               f"; {self.stats()})")
         if streams:
             time.sleep(STREAM_AFTER_S)
             for passes in range(1, PASSES + 1):
@@ -337,6 +337,18 @@ class KernelTable:
         r = run_cmd(["ip", "netns", "exec", self.rx_ns, "sysctl", "-n",
                      "net.netfilter.nf_conntrack_count"])
         return int(r.stdout)
+
+    def stats(self) -> str:
+        """`conntrack -S` summed over CPUs: the counters that explain a
+        short fill (drop, early_drop, insert_failed, ...)."""
+        r = subprocess.run(["ip", "netns", "exec", self.rx_ns, "conntrack", "-S"],
+                           capture_output=True, text=True, timeout=self.timeout)
+        sums: dict[str, int] = {}
+        for word in r.stdout.split():
+            k, eq, v = word.partition("=")
+            if eq and v.isdigit() and k != "cpu":
+                sums[k] = sums.get(k, 0) + int(v)
+        return ", ".join(f"{k} {v}" for k, v in sums.items() if v) or "no counter moved"
 
     def count_status(self, status: str) -> int:
         return count_lines(["ip", "netns", "exec", self.rx_ns, "conntrack", "-L", "-u", status],
