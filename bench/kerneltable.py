@@ -404,38 +404,42 @@ def slab_snapshot(cache: str = "nf_conntrack") -> dict:
     return {"sysfs": sysfs, "slabinfo": parse_slabinfo(SLABINFO.read_text())}
 
 
-def kernel_cost(before: dict, after: dict, flows: int, buckets: int,
+def kernel_cost(before: dict, after: dict, entries: int, buckets: int,
                 cache: str = "nf_conntrack") -> dict:
-    """What `flows` new entries cost the kernel, from two slab snapshots.
+    """What `entries` conntrack entries cost the kernel, with two slab
+    snapshots taken around their making.
 
-    Each entry is one slab object of `slab_size` (the object and its
-    alignment); the in-use delta of sysfs `objects` is cross-checked with
-    /proc/slabinfo's active objects x objsize. Extensions (accounting,
-    timestamps, events, NAT, ...) are a separate kmalloc per entry when
-    any is enabled: a kmalloc-* cache that grew by at least 90% of `flows`
-    objects is counted as that; smaller moves are other work on the machine
-    and are only reported. The buckets are 8 bytes each, used or not."""
-    if not flows:
-        raise ValueError("no flows to divide by")
+    Each entry is one object of the nf_conntrack cache, `slab_size` bytes
+    (the object and its alignment): entries x slab_size. The in-use objects
+    the cache gained (sysfs `objects`, and /proc/slabinfo active objects x
+    objsize) cross-check it; they are not the figure, because other
+    namespaces' conntrack and the slab's per-CPU caches move them too.
+    Extensions (accounting, timestamps, events, NAT, ...) are a separate
+    kmalloc per entry when any is on: a kmalloc-* cache that grew by at
+    least 90% of `entries` objects is counted as that; smaller moves are
+    other work on the machine and are only reported. The buckets are 8
+    bytes each, used or not."""
+    if not entries:
+        raise ValueError("no entries to divide by")
     sb, sa = before["sysfs"], after["sysfs"]
     ib, ia = before["slabinfo"].get(cache), after["slabinfo"].get(cache)
     slab_size = sa["slab_size"]
-    objects = sa["objects"] - sb["objects"]
-    out = {"flows": flows, "slab_size": slab_size, "object_size": sa["object_size"],
-           "objects_delta": objects, "slab_bytes": objects * slab_size,
+    out = {"flows": entries, "slab_size": slab_size, "object_size": sa["object_size"],
+           "slab_bytes": entries * slab_size,
+           "objects_delta": sa["objects"] - sb["objects"],
            "slab_pages_delta_bytes": (sa["slabs"] - sb["slabs"]) * (PAGE_SIZE << sa["order"])}
+    out["objects_delta_per_entry"] = round(out["objects_delta"] / entries, 4)
     if ib and ia:
         if ia["objsize"] != slab_size:
             raise RuntimeError(f"{cache}: slabinfo objsize {ia['objsize']} != sysfs slab_size "
                                f"{slab_size}")
         out["slabinfo_objects_delta"] = ia["active"] - ib["active"]
-        out["slabinfo_bytes"] = out["slabinfo_objects_delta"] * ia["objsize"]
     ext, moved = 0, {}
     for name, a in after["slabinfo"].items():
         if not name.startswith("kmalloc-") or name not in before["slabinfo"]:
             continue
         grew = a["active"] - before["slabinfo"][name]["active"]
-        if grew >= 0.9 * flows:
+        if grew >= 0.9 * entries:
             ext += grew * a["objsize"]
         if abs(grew) * a["objsize"] >= 65536:
             moved[name] = grew
@@ -444,7 +448,7 @@ def kernel_cost(before: dict, after: dict, flows: int, buckets: int,
     out["buckets"] = buckets
     out["bucket_bytes"] = BUCKET_BYTES * buckets
     out["total_bytes"] = out["slab_bytes"] + ext + out["bucket_bytes"]
-    out["per_flow"] = out["total_bytes"] / flows
+    out["per_flow"] = out["total_bytes"] / entries
     return out
 
 

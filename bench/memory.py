@@ -15,9 +15,9 @@ programs hold) read for the kernel's own map_mem_usage: the `memlock` line
 of /proc/self/fdinfo, checked against bpftool's bytes_memlock.
 
 nf_conntrack: the same tuples made by real packets in a private namespace
-(bench/kerneltable.py), nf_conntrack_max set to the configuration's max and
-the buckets to this host's buckets per max, both put back afterwards; the
-slab objects it gained, any extension kmalloc, and 8 bytes per bucket.
+(bench/kerneltable.py), its buckets set to the configuration's max and
+nf_conntrack_max raised to it if below, both put back afterwards: a slab
+object per entry, any extension kmalloc, and 8 bytes per bucket.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ DEFAULT_FULL = (100_000, 1 << 20)
 DEFAULT_OCCUPANCY = ((1 << 20, 100_000),)
 DEFAULT_IDLE_MAX = 1 << 20
 KERNEL_RUNS = 3
+# nf_conntrack's buckets per max: the kernel's default when no hashsize is
+# given (nf_conntrack_max = buckets); this host's own ratio is not used, as
+# another run may have raised max for a while
+BUCKETS_PER_MAX = 1.0
 
 # The kernel's BPF hash table (kernel/bpf/hashtab.c): struct htab_elem
 # before each key, a struct bucket per power-of-two bucket, an llist node
@@ -95,14 +99,20 @@ to its per-CPU free lists: the flows present are counted, not assumed.
 
 *nf_conntrack*: the same tuples made by real packets (trafgen over a veth
 pair into a private namespace with conntrack on, `bench/kerneltable.py`),
-with `nf_conntrack_max` set to the configuration's `max` and the buckets to
-this host's buckets per `max` (the kernel's default is one bucket per
-entry), both put back afterwards. Its figure is the in-use objects the
-`nf_conntrack` slab cache gained (`/sys/kernel/slab/nf_conntrack/objects`,
-cross-checked with `/proc/slabinfo` active objects) times `slab_size`, plus
-any extension kmalloc (a `kmalloc-*` cache that grew by at least 90% of the
-flows: none with accounting, timestamps and event listeners off, the
-defaults), plus 8 bytes x `nf_conntrack_buckets`, divided by the flows.
+with as many buckets as the configuration's `max` (the kernel's default:
+one bucket per entry when no hashsize is given) and
+`nf_conntrack_max` raised to that `max` when below it, both put back
+afterwards (`max` is not lowered: it is global, a lower one would only cap
+other namespaces' tables, and it changes no byte). Its figure is one
+`nf_conntrack` slab object per entry (the namespace's `nf_conntrack_count`
+x `slab_size` of `/sys/kernel/slab/nf_conntrack`), plus any extension
+kmalloc (a `kmalloc-*` cache that grew by at least 90% of the entries: none
+with accounting, timestamps and event listeners off, the defaults), plus 8
+bytes x `nf_conntrack_buckets`, divided by the entries. The in-use objects
+the slab cache gained meanwhile (sysfs `objects`, `/proc/slabinfo` active
+objects) are the cross-check, in objects gained per entry: near 1 on a quiet
+machine; other namespaces' conntrack and the slab's per-CPU caches move
+them, so they are not the figure.
 
 **Where the bytes go.** The per-map breakdown below models each BPF hash
 map as the kernel sizes it: an element is 48 bytes of `struct htab_elem`,
@@ -471,7 +481,10 @@ def measure_ctbpf(cfg: Config, runs: int, new_max: int | None) -> dict:
 
 def measure_kernel(table: kt.KernelTable, limits: kt.Limits, cfg: Config, runs: int,
                    buckets_per_max: float) -> dict:
-    got = limits.set(ct_max=cfg.max, buckets=max(1, round(cfg.max * buckets_per_max)))
+    # max is raised, never lowered: a lower one would only cap other
+    # namespaces' tables (it is global) and changes no byte of this one
+    limits.set(buckets=max(1, round(cfg.max * buckets_per_max)))
+    got = limits.at_least(cfg.max)
     out = {"nf_conntrack_max": got["max"], "nf_conntrack_buckets": got["buckets"],
            "idle_bytes": kt.BUCKET_BYTES * got["buckets"], "families": {}}
     if not cfg.flows:
@@ -483,7 +496,7 @@ def measure_kernel(table: kt.KernelTable, limits: kt.Limits, cfg: Config, runs: 
             before = kt.slab_snapshot()
             fill = table.fill(syn=(syn,), streams=(streams,), check_assured=i == 0)
             after = kt.slab_snapshot()
-            cost = kt.kernel_cost(before, after, cfg.flows, got["buckets"])
+            cost = kt.kernel_cost(before, after, table.count(), got["buckets"])
             cost["fill"] = fill
             rows.append(cost)
             table.flush()
@@ -493,8 +506,8 @@ def measure_kernel(table: kt.KernelTable, limits: kt.Limits, cfg: Config, runs: 
             "flows": first["flows"], "assured": first["fill"].get("assured"),
             "unassured": first["fill"].get("unassured"),
             "per_flow": common.spread([r["per_flow"] for r in rows], digits=1),
-            "slab_per_flow": common.spread([r["slab_bytes"] / r["flows"] for r in rows],
-                                           digits=1),
+            "slab_objects_gained_per_entry": common.spread(
+                [r["objects_delta_per_entry"] for r in rows], digits=3),
             "runs": rows}
     return out
 
@@ -517,7 +530,7 @@ def configs(args) -> list[Config]:
 def run(args) -> dict:
     cfgs = configs(args)
     host = kt.Limits.read()
-    buckets_per_max = host["buckets"] / host["max"]
+    buckets_per_max = BUCKETS_PER_MAX
     limits = kt.Limits()
     table = None
     per = []
@@ -621,24 +634,26 @@ def summary(result: dict) -> str:
            f"this host: nf_conntrack_max {result['host_limits']['max']:,}, buckets "
            f"{result['host_limits']['buckets']:,}", "",
            "| configuration | family | flows | ctbpf per flow | nf_conntrack per flow | "
-           "nf slab / ext / buckets per flow |", "|---|---|---|---|---|---|"]
+           "nf slab / ext / buckets per flow | slab objects gained per entry |",
+           "|---|---|---|---|---|---|---|"]
     for row in result["configs"]:
         cfg, mine, kern = row["config"], row["ctbpf"], row.get("kernel")
         if cfg["kind"] == "idle":
             out.append(f"| {cfg['name']} | — | 0 | {mine['idle_bytes']:,} B in all | "
-                       f"{kern['idle_bytes']:,} B (buckets) |  |" if kern else
-                       f"| {cfg['name']} | — | 0 | {mine['idle_bytes']:,} B in all | — | |")
+                       f"{kern['idle_bytes']:,} B (buckets) | | |" if kern else
+                       f"| {cfg['name']} | — | 0 | {mine['idle_bytes']:,} B in all | — | | |")
             continue
         for fname, f in mine["families"].items():
             kf = kern["families"][fname] if kern else None
-            parts = "—"
+            parts, gained = "—", "—"
             if kf:
+                gained = fv(kf["slab_objects_gained_per_entry"])
                 r = kf["runs"][0]
                 parts = (f"{r['slab_bytes'] / r['flows']:.1f} / "
                          f"{r['extension_bytes'] / r['flows']:.1f} / "
                          f"{r['bucket_bytes'] / r['flows']:.1f}")
             out.append(f"| {cfg['name']} | {fname} | {f['flows']:,} | {fv(f['per_flow'])} | "
-                       f"{fv(kf['per_flow']) if kf else '—'} | {parts} |")
+                       f"{fv(kf['per_flow']) if kf else '—'} | {parts} | {gained} |")
     for row in result["configs"]:
         cfg, mine = row["config"], row["ctbpf"]
         if cfg["kind"] == "idle":

@@ -109,19 +109,28 @@ def test_parse_slabinfo():
     assert set(info) == {"nf_conntrack", "kmalloc-128", "kmalloc-cg-4k"}
 
 
-def test_kernel_cost_without_extensions():
+def test_kernel_cost_is_one_object_per_entry_cross_checked():
     c = kt.kernel_cost(_snap(48), _snap(48 + 9_990, k4k=340), 10_000, 10_240)
-    assert c["slab_bytes"] == 9_990 * 256 and c["slabinfo_bytes"] == c["slab_bytes"]
+    assert c["slab_bytes"] == 10_000 * 256
+    assert (c["objects_delta"], c["slabinfo_objects_delta"]) == (9_990, 9_990)
+    assert c["objects_delta_per_entry"] == 0.999
     assert c["extension_bytes"] == 0
     assert c["kmalloc_moved_objects"] == {"kmalloc-cg-4k": 40}   # reported, not counted
     assert c["bucket_bytes"] == 8 * 10_240
-    assert c["per_flow"] == pytest.approx((9_990 * 256 + 8 * 10_240) / 10_000)
+    assert c["per_flow"] == pytest.approx(256 + 8 * 10_240 / 10_000)
 
 
 def test_kernel_cost_counts_an_extension_per_flow():
     c = kt.kernel_cost(_snap(0), _snap(10_000, k128=1000 + 9_500), 10_000, 16_384)
     assert c["extension_bytes"] == 9_500 * 128
     assert c["per_flow"] == pytest.approx(256 + 9_500 * 128 / 10_000 + 8 * 16_384 / 10_000)
+
+
+def test_kernel_cost_refuses_disagreeing_sizes():
+    after = _snap(100)
+    after["sysfs"]["slab_size"] = 320
+    with pytest.raises(RuntimeError, match="objsize"):
+        kt.kernel_cost(_snap(0), after, 100, 1)
 
 
 def test_kernel_cost_needs_flows():
