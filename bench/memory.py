@@ -106,8 +106,9 @@ afterwards (`max` is not lowered: it is global, a lower one would only cap
 other namespaces' tables, and it changes no byte). Its figure is one
 `nf_conntrack` slab object per entry (the namespace's `nf_conntrack_count`
 x `slab_size` of `/sys/kernel/slab/nf_conntrack`), plus any extension
-kmalloc (a `kmalloc-*` cache that grew by at least 90% of the entries: none
-with accounting, timestamps and event listeners off, the defaults), plus 8
+kmalloc (a `kmalloc-*` cache that grew by at least 90% of the entries; the
+summary's `ext` column; accounting, timestamps and event listeners, which
+add one, are off by default), plus 8
 bytes x `nf_conntrack_buckets`, divided by the entries. The in-use objects
 the slab cache gained meanwhile (sysfs `objects`, `/proc/slabinfo` active
 objects) are the cross-check, in objects gained per entry: near 1 on a quiet
@@ -125,10 +126,12 @@ rest of `memlock` (`other`) is the table's own structure and per-CPU
 locks; arrays and ring buffers are their `memlock` alone. nf_conntrack
 spends one slab object per flow and one 8-byte bucket per bucket.
 
-The ctbpf figures repeat exactly from run to run (they are computed by the
-kernel from the maps' sizes and element counts); nf_conntrack's move by a
-few objects, the slab's per-CPU caches. Fewer kernel runs than ctbpf runs
-keep the one-million-flow fills within a few minutes."""
+Both sides' figures are computed from sizes and counts the kernel reports
+(the maps' element counts, the namespace's entry count), so they repeat
+from run to run unless a fill comes out short; the medians with min and
+max show it. Fewer kernel runs (`--memory-kernel-runs`) than ctbpf runs
+(`--memory-runs`) keep the one-million-flow fills within
+a few minutes."""
 
 
 @dataclass(frozen=True)
