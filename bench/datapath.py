@@ -158,8 +158,8 @@ NS = 1_000_000_000
 DAY_NS = 86400 * NS
 KEY_SIZE = ctypes.sizeof(abi.CtKey)
 ENTRY_SIZE = ctypes.sizeof(abi.CtEntry)
-EXPIRES_AT = abi.CtEntry.expires_ns.offset
-CREATED_AT = abi.CtEntry.created_ns.offset
+EXPIRES_AT = abi.CtEntry.expires.offset
+CREATED_AT = abi.CtEntry.created.offset
 F4, F6 = abi.const("CT_FAMILY_IPV4"), abi.const("CT_FAMILY_IPV6")
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 SPORT, DPORT_TCP, DPORT_UDP = 40000, 443, 53
@@ -441,12 +441,12 @@ class FlowSet:
 
 
 def entries_like(template: bytes, n: int, now_ns: int) -> np.ndarray:
-    """(n, 56) uint8: copies of a datapath-made entry, created a second ago,
-    expiring in five days."""
+    """(n, ENTRY_SIZE) uint8: copies of a datapath-made entry, created a
+    second ago, expiring in five days (times in ticks, abi.h)."""
     out = np.tile(np.frombuffer(template, dtype=np.uint8), (n, 1))
-    q = out.view(np.uint64)
-    q[:, EXPIRES_AT // 8] = now_ns + 5 * DAY_NS
-    q[:, CREATED_AT // 8] = now_ns - NS
+    w = out.view(np.uint32)
+    w[:, EXPIRES_AT // 4] = abi.ticks(now_ns + 5 * DAY_NS)
+    w[:, CREATED_AT // 4] = abi.ticks(now_ns - NS)
     return out
 
 

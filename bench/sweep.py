@@ -156,7 +156,7 @@ def make_records(n: int, first: int, expired: list[int], now_ns: int,
                  flags: int) -> tuple[bytearray, bytearray]:
     """n distinct UDP/IPv4 keys (addr_lo word = first + i) and their entries;
     the entries at `expired` positions have expired, the others live on."""
-    if KEY_SIZE % 4 or ENTRY_SIZE % 8 or EXPIRES_OFFSET % 8:
+    if KEY_SIZE % 4 or ENTRY_SIZE % 4 or EXPIRES_OFFSET % 4:
         raise RuntimeError("unexpected ct_key/ct_entry layout for the benchmark's fill")
     keys = bytearray(KEY_SIZE * n)
     words = memoryview(keys).cast("I")
@@ -167,12 +167,12 @@ def make_records(n: int, first: int, expired: list[int], now_ns: int,
     raw[abi.CtKey.family.offset::KEY_SIZE] = bytes([abi.const("CT_FAMILY_IPV4")]) * n
 
     values = bytearray(ENTRY_SIZE * n)
-    q = memoryview(values).cast("Q")
-    expiries = array("Q", [now_ns + LIVE_FOR_NS]) * n
+    q = memoryview(values).cast("I")
+    expiries = array("I", [abi.ticks(now_ns + LIVE_FOR_NS)]) * n
     for i in expired:
-        expiries[i] = now_ns - NS
-    q[EXPIRES_OFFSET // 8::ENTRY_SIZE // 8] = expiries
-    q[abi.CtEntry.created_ns.offset // 8::ENTRY_SIZE // 8] = array("Q", [now_ns - NS]) * n
+        expiries[i] = abi.ticks(now_ns - NS)
+    q[EXPIRES_OFFSET // 4::ENTRY_SIZE // 4] = expiries
+    q[abi.CtEntry.created.offset // 4::ENTRY_SIZE // 4] = array("I", [abi.ticks(now_ns - NS)]) * n
     memoryview(values)[abi.CtEntry.flags.offset::ENTRY_SIZE] = bytes([flags]) * n
     return keys, values
 

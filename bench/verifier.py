@@ -40,7 +40,7 @@ def measure() -> dict[str, int]:
     out: dict[str, int] = {}
     try:
         b = bcc.BPF(text=program_source().encode(), debug=bcc.DEBUG_BPF,
-                    cflags=[f'-DCT_PIN_DIR="{pin}"', "-DCT_MAX_ENTRIES=65536",
+                    cflags=[f'-DCT_PIN_DIR="{pin}"', "-DCT_ASSURED_MAX=61440", "-DCT_NEW_MAX=4096",
                             "-Wno-unused-function"])
         for name, kind in programs():
             with captured_stderr() as said:

@@ -16,13 +16,18 @@
 #ifndef CTBPF_ABI_H
 #define CTBPF_ABI_H
 
-#define CT_LAYOUT_VERSION 3
+#define CT_LAYOUT_VERSION 4
 
 /* Slots of the program arrays through which the entry programs reach their
  * tracker stages (bpf/scratch.h): this build's are the four from
  * CT_JUMP_BASE, so that two layouts' programs never call each other. */
 #define CT_JUMP_SLOTS 16
-#define CT_JUMP_BASE 12      /* (CT_LAYOUT_VERSION % 4) * 4, checked in scratch.h */
+#define CT_JUMP_BASE 0       /* (CT_LAYOUT_VERSION % 4) * 4, checked in scratch.h */
+
+/* The unit of ct_entry's times: ticks of 2^27 ns (134 ms) of CLOCK_MONOTONIC.
+ * Timeouts are whole seconds, so a tick is precision to spare, and a u32 of
+ * ticks lasts 18 years of uptime. */
+#define CT_TICK_SHIFT 27
 
 /* Address families stored in ct_key.family. */
 #define CT_FAMILY_IPV4 4
@@ -82,6 +87,7 @@ enum ct_entry_flag {
 	CT_F_SIMOPEN = 16,       /* SYN_SENT2 was seen: simultaneous open */
 	CT_F_CHALLENGE_ACK = 32, /* a SYN was ignored in LAST_ACK: expect an RFC 5961 challenge ACK */
 	CT_F_PICKED_UP = 64,     /* created mid-stream by tcp_loose */
+	CT_F_ACCT = 128,         /* made while acct was on: its counters live in ct_acct */
 };
 
 /* Why a packet was INVALID (or never reached the tracker). */
@@ -192,18 +198,16 @@ struct ct_key {
 };
 
 /* What the kernel keeps per direction to check windows (struct
- * ip_ct_tcp_state); sequence numbers in host order. */
+ * ip_ct_tcp_state, less td_scale and flags: those are bytes of ct_entry, so
+ * that the entry has no padding); sequence numbers in host order. */
 struct ct_tcp_side {
 	__u32 td_end;     /* highest seq + len this side sent */
 	__u32 td_maxend;  /* highest ack + window the other side allowed it */
 	__u32 td_maxwin;  /* largest window this side advertised, scaled */
 	__u32 td_maxack;  /* highest ack this side sent */
-	__u8 td_scale;    /* window scale this side announced */
-	__u8 flags;       /* enum ct_tcp_side_flag */
-	__u8 pad[6];      /* 24 bytes: each side's td_end and td_maxend are 8-aligned */
 };
 
-/* ct_tcp_side.flags, the kernel's IP_CT_TCP_FLAG_* values. */
+/* ct_entry.td_flags[dir], the kernel's IP_CT_TCP_FLAG_* values. */
 enum ct_tcp_side_flag {
 	CT_TS_WINDOW_SCALE = 0x01,  /* a window scale option was seen */
 	CT_TS_SACK_PERM = 0x02,     /* SACK permitted */
@@ -215,27 +219,34 @@ enum ct_tcp_side_flag {
 };
 
 /*
- * One tracked flow. Times are ct_now() (CLOCK_MONOTONIC, ns), so an
- * entry's expiry is absolute and survives an agent restart unchanged.
+ * One tracked flow, 64 bytes with no padding. Times are ticks
+ * (CT_TICK_SHIFT) of CLOCK_MONOTONIC, so an absolute expiry survives an
+ * agent restart unchanged. Packet and
+ * byte counters are not here: they live in ct_acct, for flows made while
+ * acct was on (CT_F_ACCT), as the kernel keeps them in an extension.
  */
 struct ct_entry {
-	__u64 expires_ns;   /* the entry counts as absent from this instant */
-	__u64 created_ns;
-	__u64 packets[2];   /* indexed by enum ct_dir */
-	__u64 bytes[2];     /* L3 bytes, indexed by enum ct_dir */
-	__u32 last_end;     /* TCP: seq + len of the last tracked segment, host order */
+	__u32 expires;      /* the entry counts as absent from this tick on */
+	__u32 created;      /* the tick it was made in */
 	__u8 state;         /* enum ct_tcp_state; CT_TCP_NONE for other protocols */
 	__u8 flags;         /* enum ct_entry_flag bits */
 	__u8 last_class;    /* TCP: enum ct_tcp_class of the last tracked segment */
 	__u8 last_dir;      /* TCP: enum ct_dir of the last tracked segment */
+	__u8 retrans;       /* TCP: identical ACK segments in a row */
+	__u8 last_opts;     /* TCP: an ignored SYN's CT_TS_WINDOW_SCALE | CT_TS_SACK_PERM, its scale << 4 */
+	__u8 td_scale[2];   /* TCP: the window scale each direction announced */
 	struct ct_tcp_side side[2]; /* TCP: each direction's window, indexed by enum ct_dir */
-	__u32 last_seq;     /* TCP: the last tracked segment's seq, ack and raw window, */
+	__u32 last_seq;     /* TCP: the last tracked segment's seq, ack, end and raw window, */
 	__u32 last_ack;     /*   to count retransmissions (kernel: ip_ct_tcp.last_*) */
+	__u32 last_end;
 	__u16 last_win;
-	__u8 last_wscale;   /* an ignored SYN's window scale and side flags, for a resync */
-	__u8 last_flags;
-	__u8 retrans;       /* identical ACK segments in a row */
-	__u8 pad[3];        /* explicit: the entry is a multiple of 8 bytes (120) */
+	__u8 td_flags[2];   /* TCP: enum ct_tcp_side_flag bits of each direction */
+};
+
+/* A flow's packets and L3 bytes by direction (enum ct_dir), in ct_acct. */
+struct ct_acct {
+	__u64 packets[2];
+	__u64 bytes[2];
 };
 
 /* What an event reports, as `conntrack -E` does. */
@@ -256,9 +267,10 @@ enum ct_destroy_reason {
 
 /* One record of the ct_events ring buffer. */
 struct ct_event {
-	__u64 timestamp_ns;  /* ct_now(), the clock of expires_ns */
+	__u64 timestamp_ns;  /* ct_now(): CLOCK_MONOTONIC, ns */
 	struct ct_key key;
 	struct ct_entry entry;
+	struct ct_acct acct; /* the flow's counters when it has them (CT_F_ACCT), else zero */
 	__u8 type;           /* enum ct_event_type */
 	__u8 reason;         /* enum ct_destroy_reason */
 	__u8 pad[6];         /* explicit: the record is a multiple of 8 bytes */
@@ -282,7 +294,7 @@ enum ct_sweep_mode {
 /* CT_SWEEP_DUE: keys the expiry index says are due, from either table. After
  * CT_SWEEP_BATCH key slots the program writes one u64 per key: DELETED (it
  * was still expired: DESTROY, CT_STAT_SWEPT), GONE (in neither table), or
- * else the entry saw traffic since and this is its expires_ns, to index
+ * else the entry saw traffic since and this is its expires (ticks), to index
  * again. */
 #define CT_DUE_DELETED 0
 #define CT_DUE_GONE 1
@@ -300,7 +312,7 @@ enum ct_sweep_mode {
  */
 struct ct_timer {
 	struct ct_key key;
-	__u64 expires_ns;
+	__u32 expires;       /* ct_entry.expires */
 };
 
 enum ct_table_id {

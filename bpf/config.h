@@ -7,9 +7,13 @@
 #ifndef CTBPF_CONFIG_H
 #define CTBPF_CONFIG_H
 
-/* Entries in each of the two flow tables (conntrack_max). */
-#ifndef CT_MAX_ENTRIES
-#define CT_MAX_ENTRIES 65536
+/* Entries of the two flow tables: ct_assured and ct_new (the unassured
+ * pool) share conntrack_max, CT_ASSURED_MAX + CT_NEW_MAX. */
+#ifndef CT_ASSURED_MAX
+#define CT_ASSURED_MAX 61440
+#endif
+#ifndef CT_NEW_MAX
+#define CT_NEW_MAX 4096
 #endif
 
 /* VLAN tags parsed before giving up: 2 covers 802.1Q and QinQ. */
@@ -48,18 +52,14 @@
 #define CT_FRAG_ENTRIES 8192
 #endif
 
-/* Bytes of the event ring buffer (a power of two, pages). At 184 bytes an
- * event with the ring's header, 1 MiB holds some 5,700 events between two
- * reads. */
+/* Bytes of the event ring buffer and of the expiry index's ring (a power
+ * of two, whole pages). The loader sizes both from the table (ctbpf/
+ * datapath/rings.py); these are the sizes for the default table. */
 #ifndef CT_EVENTS_BYTES
 #define CT_EVENTS_BYTES (1 << 20)
 #endif
-
-/* Size of the expiry index's ring (struct ct_timer records of 56 bytes with
- * the ring's header): 16 MiB holds about 300,000 registrations, several
- * seconds of a flood of new flows between two reads by the sweeper. */
 #ifndef CT_TIMERS_BYTES
-#define CT_TIMERS_BYTES (1 << 24)
+#define CT_TIMERS_BYTES (1 << 22)
 #endif
 
 /* Where the maps are pinned; the loader always passes it. */
@@ -68,8 +68,9 @@
 #endif
 
 /* A UDP flow answered and still alive this long after creation is a stream
- * (kernel: stream_ts = creation + 2 s). Nanoseconds. */
-#define CT_UDP_STREAM_AFTER_NS (2ULL * 1000000000ULL)
+ * (kernel: stream_ts = creation + 2 s), in ticks (CT_TICK_SHIFT): later than
+ * 15 ticks after the creation tick is 2.01 to 2.15 s after the first packet. */
+#define CT_UDP_STREAM_AFTER_TICKS 15
 
 #define CT_NSEC_PER_SEC 1000000000ULL
 

@@ -33,6 +33,27 @@ static __always_inline __u64 ct_now(void)
 	return bpf_ktime_get_coarse_ns();
 }
 
+/* A new flow's counters, its first packet counted. A record left by an
+ * entry that ct_new's LRU evicted (no DESTROY path runs then) is reset. */
+static __always_inline void ct_acct_start(const struct ct_key *key, const struct ct_pkt *pkt)
+{
+	struct ct_acct a = { .packets = { 1, 0 }, .bytes = { pkt->l3_len, 0 } };
+
+	ct_acct.update((struct ct_key *)key, &a);
+}
+
+/* A flow's counters into an event, zero when it has none. */
+static __always_inline void ct_acct_copy(const struct ct_key *key, const struct ct_entry *e,
+					 struct ct_acct *out)
+{
+	struct ct_acct *a = (e->flags & CT_F_ACCT) ? ct_acct.lookup((struct ct_key *)key) : 0;
+
+	if (a)
+		__builtin_memcpy(out, a, sizeof(*out));
+	else
+		__builtin_memset(out, 0, sizeof(*out));
+}
+
 /**
  * ct_emit - report an event on a flow, when events are on. A full ring
  * buffer loses the event (counted), never the packet.
@@ -50,9 +71,10 @@ static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_count
 		ct_count(st, CT_STAT_EVENT_LOST);
 		return;
 	}
-	ev->timestamp_ns = ct_now();   /* the clock of expires_ns: timeouts shown whole */
+	ev->timestamp_ns = ct_now();   /* the clock of the entry's ticks */
 	__builtin_memcpy(&ev->key, key, sizeof(*key));
 	__builtin_memcpy(&ev->entry, e, sizeof(*e));
+	ct_acct_copy(key, e, &ev->acct);
 	ev->type = type;
 	ev->reason = reason;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
@@ -63,7 +85,7 @@ static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_count
  * ct_register - index an entry under its expiry (see struct ct_timer). A
  * full ring loses the record, counted; the sweeper then rebuilds the index.
  */
-static __always_inline void ct_register(const struct ct_key *key, __u64 expires_ns,
+static __always_inline void ct_register(const struct ct_key *key, __u32 expires,
 				       struct ct_counters *st)
 {
 	struct ct_timer *t = ct_timers.ringbuf_reserve(sizeof(*t));
@@ -73,7 +95,7 @@ static __always_inline void ct_register(const struct ct_key *key, __u64 expires_
 		return;
 	}
 	__builtin_memcpy(&t->key, key, sizeof(*key));
-	t->expires_ns = expires_ns;
+	t->expires = expires;
 	ct_timers.ringbuf_submit(t, 0);
 }
 
@@ -86,6 +108,8 @@ static __always_inline void ct_destroy(struct ct_key *key, const struct ct_entry
 				       const struct ct_config *cfg, struct ct_counters *st)
 {
 	ct_emit(cfg, st, key, e, CT_EVENT_DESTROY, reason);
+	if (e->flags & CT_F_ACCT)
+		ct_acct.delete(key);
 	if (in_assured)
 		ct_assured.delete(key);
 	else
@@ -105,7 +129,7 @@ static __always_inline struct ct_entry *ct_find_in(struct ct_key *key, __u64 now
 {
 	struct ct_entry *e = in_assured ? ct_assured.lookup(key) : ct_new.lookup(key);
 
-	if (e && e->expires_ns <= now) {
+	if (e && e->expires <= ct_tick(now)) {
 		ct_destroy(key, e, in_assured, CT_DESTROY_EXPIRED, CT_STAT_EXPIRED_SEEN, cfg, st);
 		e = 0;
 	}
@@ -157,16 +181,26 @@ static __always_inline int ct_track_proto(struct ct_entry *e, struct ct_pkt *pkt
 	return generic_track(e, cfg, now);
 }
 
-/* Packet and byte counters of a shared entry: other CPUs may be counting
- * the same flow (RSS spreads the two directions), so add atomically. */
-static __always_inline void ct_account(struct ct_entry *e, const struct ct_pkt *pkt, int dir)
+/* Packet and byte counters of a flow that has them (CT_F_ACCT, whatever
+ * acct says now: as in the kernel, the switch decides at creation). Other
+ * CPUs may be counting the same flow (RSS spreads the two directions), so
+ * add atomically. */
+static __always_inline void ct_account(const struct ct_key *key, const struct ct_entry *e,
+				       const struct ct_pkt *pkt, int dir)
 {
+	struct ct_acct *a;
+
+	if (!(e->flags & CT_F_ACCT))
+		return;
+	a = ct_acct.lookup((struct ct_key *)key);
+	if (!a)
+		return;
 	if (dir == CT_DIR_ORIGINAL) {
-		__sync_fetch_and_add(&e->packets[0], 1);
-		__sync_fetch_and_add(&e->bytes[0], pkt->l3_len);
+		__sync_fetch_and_add(&a->packets[0], 1);
+		__sync_fetch_and_add(&a->bytes[0], pkt->l3_len);
 	} else {
-		__sync_fetch_and_add(&e->packets[1], 1);
-		__sync_fetch_and_add(&e->bytes[1], pkt->l3_len);
+		__sync_fetch_and_add(&a->packets[1], 1);
+		__sync_fetch_and_add(&a->bytes[1], pkt->l3_len);
 	}
 }
 
@@ -219,7 +253,7 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 	if (!ct_can_start(pkt, cfg))
 		return ct_invalid(st, pkt->reason);
 	__builtin_memset(ne, 0, sizeof(*ne));
-	ne->created_ns = now;
+	ne->created = ct_tick(now);
 	ne->last_class = CT_CLASS_NONE;
 	if (src_is_hi)
 		ne->flags |= CT_F_ORIG_IS_HI;
@@ -227,8 +261,8 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		ne->flags |= CT_F_PICKED_UP;
 	if (ct_track_proto(ne, pkt, CT_DIR_ORIGINAL, cfg, now) == CT_TRACK_INVALID)
 		return ct_invalid(st, pkt->reason);
-	ne->packets[0] = 1;
-	ne->bytes[0] = pkt->l3_len;
+	if (cfg->value[CT_CFG_ACCT])
+		ne->flags |= CT_F_ACCT;
 	if (ct_refuse(vc, CT_PKT_NEW, pkt)) {
 		ct_count(st, CT_STAT_PKT_NEW);
 		return CT_PKT_NEW;
@@ -242,7 +276,9 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		}
 	} else {
 		ct_count(st, CT_STAT_INSERT);
-		ct_register(key, ne->expires_ns, st);
+		if (ne->flags & CT_F_ACCT)
+			ct_acct_start(key, pkt);
+		ct_register(key, ne->expires, st);
 		ct_emit(cfg, st, key, ne, CT_EVENT_NEW, CT_DESTROY_NONE);
 	}
 	ct_count(st, CT_STAT_PKT_NEW);
@@ -267,7 +303,7 @@ static __always_inline int ct_track_known(struct ct_key *key, int src_is_hi, str
 	int seen_reply = e->flags & CT_F_SEEN_REPLY;
 	int state = ct_known_state(dir, seen_reply);
 	__u8 old_state = e->state, old_flags = e->flags;
-	__u64 old_expires = e->expires_ns;
+	__u32 old_expires = e->expires;
 	int assured, counted = 1;
 
 	ct_count(st, CT_STAT_FOUND);
@@ -282,8 +318,8 @@ static __always_inline int ct_track_known(struct ct_key *key, int src_is_hi, str
 		/* The state stays; only the kernel's shorter timeout for an
 		 * ASSURED flow answered by an out-of-window FIN or RST may
 		 * have been applied (tcp_handle_invalid). */
-		if (e->expires_ns < old_expires)
-			ct_register(key, e->expires_ns, st);
+		if (e->expires < old_expires)
+			ct_register(key, e->expires, st);
 		return ct_invalid(st, pkt->reason);
 	case CT_TRACK_REOPEN:
 		if (ct_refuse(vc, CT_PKT_NEW, pkt)) {
@@ -304,16 +340,16 @@ static __always_inline int ct_track_known(struct ct_key *key, int src_is_hi, str
 		counted = 0;
 		/* fallthrough */
 	default:
-		if (counted && cfg->value[CT_CFG_ACCT])
-			ct_account(e, pkt, dir);
+		if (counted)
+			ct_account(key, e, pkt, dir);
 		if (dir == CT_DIR_REPLY && !seen_reply)
 			e->flags |= CT_F_SEEN_REPLY;
 		if (e->state != old_state ||
 		    ((e->flags ^ old_flags) & (CT_F_SEEN_REPLY | CT_F_ASSURED)))
 			ct_emit(cfg, st, key, e, CT_EVENT_UPDATE, CT_DESTROY_NONE);
 		/* Only an earlier expiry needs a record: see struct ct_timer. */
-		if (e->expires_ns < old_expires)
-			ct_register(key, e->expires_ns, st);
+		if (e->expires < old_expires)
+			ct_register(key, e->expires, st);
 		assured = (e->flags & CT_F_ASSURED) && !ct_is_closing(key, e);
 		if (assured != in_assured)
 			ct_move(key, e, in_assured, st);

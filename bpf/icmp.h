@@ -20,14 +20,15 @@ static __always_inline int icmp_can_start(struct ct_pkt *pkt)
 static __always_inline int icmp_track(struct ct_entry *e, const struct ct_config *cfg,
 				      __u64 now, int v6)
 {
-	e->expires_ns = now + ct_timeout_ns(cfg, v6 ? CT_CFG_ICMPV6_TIMEOUT : CT_CFG_ICMP_TIMEOUT);
+	ct_set_expiry(e, ct_deadline(now, ct_timeout_ns(cfg, v6 ? CT_CFG_ICMPV6_TIMEOUT
+									 : CT_CFG_ICMP_TIMEOUT)));
 	return CT_TRACK_ACCEPT;
 }
 
 /* Any other protocol: one entry per address pair and protocol. */
 static __always_inline int generic_track(struct ct_entry *e, const struct ct_config *cfg, __u64 now)
 {
-	e->expires_ns = now + ct_timeout_ns(cfg, CT_CFG_GENERIC_TIMEOUT);
+	ct_set_expiry(e, ct_deadline(now, ct_timeout_ns(cfg, CT_CFG_GENERIC_TIMEOUT)));
 	return CT_TRACK_ACCEPT;
 }
 

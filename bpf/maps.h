@@ -7,13 +7,21 @@
 #define CTBPF_MAPS_H
 
 /* Unassured flows (NEW, half-open, UDP not yet a stream, ICMP, generic):
- * an LRU, so a flood of new flows can only push out other unassured flows. */
+ * an LRU, so a flood of new flows can only push out other unassured flows.
+ * It is the pool such a flood churns, sized apart (the agent's new_max);
+ * an LRU hash is always preallocated. */
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct_new,
-		 CT_MAX_ENTRIES, CT_PIN_DIR "/ct_new");
+		 CT_NEW_MAX, CT_PIN_DIR "/ct_new");
 
-/* ASSURED flows: a plain hash that nothing evicts. */
+/* ASSURED flows: a plain hash that nothing evicts, allocated per element
+ * so that its memory follows the flows it holds, as the kernel's does. */
 BPF_TABLE_PINNED("hash", struct ct_key, struct ct_entry, ct_assured,
-		 CT_MAX_ENTRIES, CT_PIN_DIR "/ct_assured");
+		 CT_ASSURED_MAX, CT_PIN_DIR "/ct_assured", BPF_F_NO_PREALLOC);
+
+/* Packet and byte counters of the flows made while acct was on
+ * (CT_F_ACCT): the kernel's accounting extension, off by default. */
+BPF_TABLE_PINNED("hash", struct ct_key, struct ct_acct, ct_acct,
+		 CT_ASSURED_MAX + CT_NEW_MAX, CT_PIN_DIR "/ct_acct", BPF_F_NO_PREALLOC);
 
 /* Live tunables (timeouts, switches), one element read once per packet. */
 BPF_TABLE_PINNED("array", __u32, struct ct_config, ct_config, 1,

@@ -17,7 +17,7 @@ static __always_inline int sweep_one(struct ct_key *key, int assured, __u64 now,
 {
 	struct ct_entry *e = assured ? ct_assured.lookup(key) : ct_new.lookup(key);
 
-	if (!e || e->expires_ns > now)
+	if (!e || e->expires > ct_tick(now))
 		return 0;
 	ct_destroy(key, e, assured, CT_DESTROY_EXPIRED, CT_STAT_SWEPT, cfg, st);
 	return 1;
@@ -56,8 +56,8 @@ static __always_inline __u64 due_one(struct ct_key *key, __u64 now,
 		if (!e)
 			return CT_DUE_GONE;
 	}
-	if (e->expires_ns > now)
-		return e->expires_ns;
+	if (e->expires > ct_tick(now))
+		return e->expires;
 	ct_destroy(key, e, assured, CT_DESTROY_EXPIRED, CT_STAT_SWEPT, cfg, st);
 	return CT_DUE_DELETED;
 }

@@ -112,7 +112,7 @@ static __always_inline int tcp_check_rst(struct ct_entry *e, struct ct_pkt *pkt,
 	/* Closing: the tuple may be reused already, windows are stale. */
 	if (old >= CT_TCP_FIN_WAIT && old <= CT_TCP_CLOSE)
 		return CT_RST_SKIP_WINDOW;
-	if ((rcv->flags & CT_TS_MAXACK_SET) && e->last_class != CT_CLASS_SYN) {
+	if ((e->td_flags[!(dir & 1)] & CT_TS_MAXACK_SET) && e->last_class != CT_CLASS_SYN) {
 		/* Each acceptance below goes straight to the window check: the
 		 * "answers a packet we let through" exemptions further down are
 		 * not for a RST the receiver's ack already vouches for (the
@@ -196,7 +196,7 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 			break;
 		/* SYN after a close or an abort by the same side: RFC 1122
 		 * reopening. Anything else falls through to "ignored". */
-		if (((e->side[0].flags | e->side[1].flags) & CT_TS_CLOSE_INIT) ||
+		if (((e->td_flags[0] | e->td_flags[1]) & CT_TS_CLOSE_INIT) ||
 		    (e->last_dir == dir && e->last_class == CT_CLASS_RST))
 			return CT_TRACK_REOPEN;
 		/* fallthrough */
@@ -211,9 +211,9 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 			new = CT_TCP_SYN_RECV;
 			opener->td_end = opener->td_maxend = e->last_end;
 			opener->td_maxwin = e->last_win ? e->last_win : 1;
-			opener->td_scale = e->last_wscale;
-			opener->flags = e->last_flags;
-			tcp_side_reset(&e->side[dir & 1]);
+			e->td_scale[e->last_dir & 1] = e->last_opts >> 4;
+			e->td_flags[e->last_dir & 1] = e->last_opts & (CT_TS_WINDOW_SCALE | CT_TS_SACK_PERM);
+			tcp_side_reset(e, dir);
 			break;
 		}
 		tcp_note_last(e, pkt, dir, cls);
@@ -223,8 +223,8 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 			/* Keep the SYN's options for a resync by its SYN/ACK. The
 			 * receiver may answer with an RFC 5961 challenge ACK,
 			 * which must not close LAST_ACK. */
-			e->last_flags = pkt->tcp_opts & (CT_TS_WINDOW_SCALE | CT_TS_SACK_PERM);
-			e->last_wscale = (pkt->tcp_opts & CT_TS_WINDOW_SCALE) ? pkt->wscale : 0;
+			e->last_opts = (pkt->tcp_opts & (CT_TS_WINDOW_SCALE | CT_TS_SACK_PERM)) |
+				       ((pkt->tcp_opts & CT_TS_WINDOW_SCALE) ? pkt->wscale << 4 : 0);
 			e->flags &= ~(CT_F_CHALLENGE_ACK | CT_F_SIMOPEN);
 			if (old == CT_TCP_LAST_ACK)
 				e->flags |= CT_F_CHALLENGE_ACK;
@@ -286,7 +286,7 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 	e->last_dir = dir;
 	e->state = new;
 	if (old != new && new == CT_TCP_FIN_WAIT)
-		e->side[dir & 1].flags |= CT_TS_CLOSE_INIT;
+		e->td_flags[dir & 1] |= CT_TS_CLOSE_INIT;
 
 	timeout = ct_timeout_ns(cfg, new);
 	retrans = ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_MAX_RETRANS);
@@ -295,7 +295,7 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 		timeout = retrans;
 	else if (cls == CT_CLASS_RST)
 		timeout = ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_CLOSE);
-	else if (((e->side[0].flags | e->side[1].flags) & CT_TS_DATA_UNACK) && timeout > unack)
+	else if (((e->td_flags[0] | e->td_flags[1]) & CT_TS_DATA_UNACK) && timeout > unack)
 		timeout = unack;
 	else if (e->last_win == 0 && timeout > retrans)
 		timeout = retrans;
@@ -316,7 +316,7 @@ static __always_inline int tcp_track(struct ct_entry *e, struct ct_pkt *pkt, int
 		/* The handshake completed, or a picked-up flow was answered. */
 		e->flags |= CT_F_ASSURED;
 	}
-	e->expires_ns = now + timeout;
+	ct_set_expiry(e, ct_deadline(now, timeout));
 	return CT_TRACK_ACCEPT;
 }
 

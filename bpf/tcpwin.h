@@ -3,7 +3,8 @@
  * TCP window tracking: the kernel's tcp_in_window() and what surrounds it
  * in nf_conntrack_proto_tcp.c (window initialisation from SYNs and from a
  * picked-up segment, the liberal cases, the timeout cut for out-of-window
- * FINs and RSTs). Each direction's state is a struct ct_tcp_side (abi.h).
+ * FINs and RSTs). Each direction's state is a struct ct_tcp_side (abi.h)
+ * with its scale and flags in ct_entry.td_scale[dir] and td_flags[dir].
  * Included by tcp.h, whose tracker calls it.
  */
 #ifndef CTBPF_TCPWIN_H
@@ -58,40 +59,41 @@ static __always_inline __u32 tcp_maxackwin(const struct ct_tcp_side *s)
 /* What tcp_in_window decided. */
 enum { CT_WIN_ACCEPT = 0, CT_WIN_IGNORE = 1, CT_WIN_INVALID = 2 };
 
-/* The options a SYN announces, into its sender's side (tcp_options): a SYN
- * without options leaves the side as it was. */
-static __always_inline void tcp_take_options(struct ct_tcp_side *snd, const struct ct_pkt *pkt)
+/* The options a SYN announces, into its sender's (direction d's) scale and
+ * flags (tcp_options): a SYN without options leaves them as they were. */
+static __always_inline void tcp_take_options(struct ct_entry *e, int d, const struct ct_pkt *pkt)
 {
 	if (!(pkt->tcp_opts & CT_TCPOPTS_PRESENT))
 		return;
-	snd->td_scale = pkt->wscale;
-	snd->flags = (snd->flags & CT_TS_BE_LIBERAL) |
-		     (pkt->tcp_opts & (CT_TS_WINDOW_SCALE | CT_TS_SACK_PERM));
+	e->td_scale[d & 1] = pkt->wscale;
+	e->td_flags[d & 1] = (e->td_flags[d & 1] & CT_TS_BE_LIBERAL) |
+			     (pkt->tcp_opts & (CT_TS_WINDOW_SCALE | CT_TS_SACK_PERM));
 }
 
 /* A SYN or SYN/ACK (re)initialises its sender's window (tcp_init_sender). */
-static __always_inline void tcp_init_sender(struct ct_tcp_side *snd, struct ct_tcp_side *rcv,
-					    const struct ct_pkt *pkt, __u32 end, int dir)
+static __always_inline void tcp_init_sender(struct ct_entry *e, const struct ct_pkt *pkt,
+					    __u32 end, int dir)
 {
+	struct ct_tcp_side *snd = &e->side[dir & 1];
 	__u32 win = pkt->window;
 
 	snd->td_end = end;
 	snd->td_maxend = end;
 	snd->td_maxwin = win ? win : 1;
-	tcp_take_options(snd, pkt);
+	tcp_take_options(e, dir, pkt);
 	/* RFC 7323: both sides must announce a scale for either to use it. */
 	if (dir == CT_DIR_REPLY &&
-	    !((snd->flags & CT_TS_WINDOW_SCALE) && (rcv->flags & CT_TS_WINDOW_SCALE))) {
-		snd->td_scale = 0;
-		rcv->td_scale = 0;
+	    !(e->td_flags[0] & e->td_flags[1] & CT_TS_WINDOW_SCALE)) {
+		e->td_scale[0] = 0;
+		e->td_scale[1] = 0;
 	}
 }
 
 /* An out-of-window packet is INVALID unless either side is liberal. */
-static __always_inline int tcp_win_fail(const struct ct_tcp_side *snd, const struct ct_config *cfg,
+static __always_inline int tcp_win_fail(__u8 snd_flags, const struct ct_config *cfg,
 					struct ct_pkt *pkt, int ret, __u8 reason)
 {
-	if ((snd->flags & CT_TS_BE_LIBERAL) || cfg->value[CT_CFG_TCP_BE_LIBERAL])
+	if ((snd_flags & CT_TS_BE_LIBERAL) || cfg->value[CT_CFG_TCP_BE_LIBERAL])
 		return CT_WIN_ACCEPT;
 	pkt->reason = reason;
 	return ret;
@@ -107,21 +109,22 @@ static __always_inline int tcp_in_window(struct ct_entry *e, struct ct_pkt *pkt,
 {
 	struct ct_tcp_side *snd = &e->side[dir & 1];
 	struct ct_tcp_side *rcv = &e->side[!(dir & 1)];
+	__u8 *sfl = &e->td_flags[dir & 1], *rfl = &e->td_flags[!(dir & 1)];
 	__u32 seq = pkt->seq, ack = pkt->ack_seq, end = pkt->seq + pkt->seg_len;
 	__u32 sack = pkt->sack, win = pkt->window, swin;
 	__u8 fl = pkt->tcp_flags;
 
-	if (!(rcv->flags & CT_TS_SACK_PERM) || seq_before(pkt->sack, ack))
+	if (!(*rfl & CT_TS_SACK_PERM) || seq_before(pkt->sack, ack))
 		sack = ack;
 	if (snd->td_maxwin == 0) {
 		if (fl & TCPF_SYN) {
-			tcp_init_sender(snd, rcv, pkt, end, dir);
+			tcp_init_sender(e, pkt, end, dir);
 			if (!(fl & TCPF_ACK))
 				return CT_WIN_ACCEPT;   /* simultaneous open */
 		} else {
 			/* Mid-stream: what the packet shows is all we know. */
 			snd->td_end = end;
-			swin = win << snd->td_scale;
+			swin = win << e->td_scale[dir & 1];
 			snd->td_maxwin = swin ? swin : 1;
 			snd->td_maxend = end + snd->td_maxwin;
 			if (rcv->td_maxwin == 0)
@@ -132,7 +135,7 @@ static __always_inline int tcp_in_window(struct ct_entry *e, struct ct_pkt *pkt,
 	} else if ((fl & TCPF_SYN) && seq_after(end, snd->td_end) &&
 		   (e->state == CT_TCP_SYN_SENT || e->state == CT_TCP_SYN_RECV)) {
 		/* A new SYN with higher sequence numbers: start over (RFC 793). */
-		tcp_init_sender(snd, rcv, pkt, end, dir);
+		tcp_init_sender(e, pkt, end, dir);
 		if (dir == CT_DIR_REPLY && !(fl & TCPF_ACK))
 			return CT_WIN_ACCEPT;
 	}
@@ -149,9 +152,9 @@ static __always_inline int tcp_in_window(struct ct_entry *e, struct ct_pkt *pkt,
 	 * brings the copy up to date. Accepting them without the updates, as
 	 * liberal does, left echoed data behind for good: each segment acks the
 	 * peer's last one, and once strict every one was INVALID. */
-	if ((snd->flags | rcv->flags) & CT_TS_RESYNC) {
+	if ((*sfl | *rfl) & CT_TS_RESYNC) {
 		if (!cfg->value[CT_CFG_RESYNC_HOLD])
-			snd->flags &= ~CT_TS_RESYNC;
+			*sfl &= ~CT_TS_RESYNC;
 		goto update;
 	}
 	if (!seq_before(seq, snd->td_maxend + 1)) {
@@ -163,41 +166,41 @@ static __always_inline int tcp_in_window(struct ct_entry *e, struct ct_pkt *pkt,
 			/* A sender that overran the window a little: remember the
 			 * data, so that its ack does not look like one of unsent data. */
 			tcp_raise(snd, 0, end, end);
-			snd->flags |= CT_TS_DATA_UNACK;
-			return tcp_win_fail(snd, cfg, pkt, CT_WIN_IGNORE, 0);
+			*sfl |= CT_TS_DATA_UNACK;
+			return tcp_win_fail(*sfl, cfg, pkt, CT_WIN_IGNORE, 0);
 		}
-		return tcp_win_fail(snd, cfg, pkt, CT_WIN_INVALID, CT_INV_TCP_SEQ_OVER);
+		return tcp_win_fail(*sfl, cfg, pkt, CT_WIN_INVALID, CT_INV_TCP_SEQ_OVER);
 	}
 	if (!seq_before(sack, rcv->td_end + 1))
-		return tcp_win_fail(snd, cfg, pkt, CT_WIN_INVALID,
+		return tcp_win_fail(*sfl, cfg, pkt, CT_WIN_INVALID,
 				    (fl & TCPF_SYN) ? CT_INV_TCP_SYNACK_ACK : CT_INV_TCP_ACK_OVER);
 	/* Below the window: a retransmission of acknowledged data, or a very
 	 * late ack. The kernel lets them pass without touching the entry (not
 	 * INVALID, so no reason is counted: they count as ignored). */
 	if (rcv->td_maxwin && !seq_after(end, snd->td_end - rcv->td_maxwin - 1))
-		return tcp_win_fail(snd, cfg, pkt, CT_WIN_IGNORE, 0);
+		return tcp_win_fail(*sfl, cfg, pkt, CT_WIN_IGNORE, 0);
 	if (!seq_after(sack, rcv->td_end - tcp_maxackwin(snd) - 1))
-		return tcp_win_fail(snd, cfg, pkt, CT_WIN_IGNORE, 0);
+		return tcp_win_fail(*sfl, cfg, pkt, CT_WIN_IGNORE, 0);
 update:
 	if (!(fl & TCPF_SYN))
-		win <<= snd->td_scale;
+		win <<= e->td_scale[dir & 1];
 	swin = win + (sack - ack);
 	if (snd->td_maxwin < swin)
 		snd->td_maxwin = swin;
 	if (seq_after(end, snd->td_end)) {
 		tcp_raise(snd, 0, end, end);
-		snd->flags |= CT_TS_DATA_UNACK;
+		*sfl |= CT_TS_DATA_UNACK;
 	}
 	if (fl & TCPF_ACK) {
-		if (!(snd->flags & CT_TS_MAXACK_SET) || seq_after(ack, snd->td_maxack))
+		if (!(*sfl & CT_TS_MAXACK_SET) || seq_after(ack, snd->td_maxack))
 			snd->td_maxack = ack;
-		snd->flags |= CT_TS_MAXACK_SET;
+		*sfl |= CT_TS_MAXACK_SET;
 	}
 	if (rcv->td_maxwin && seq_after(end, snd->td_maxend))
 		rcv->td_maxwin += end - snd->td_maxend;
 	tcp_raise(rcv, 1, sack + win, sack + win + !win);
 	if (ack == rcv->td_end)
-		rcv->flags &= ~CT_TS_DATA_UNACK;
+		*rfl &= ~CT_TS_DATA_UNACK;
 
 	if (cls == CT_CLASS_ACK) {
 		if (e->last_dir == dir && e->last_seq == seq && e->last_ack == ack &&
@@ -216,11 +219,13 @@ update:
 	return CT_WIN_ACCEPT;
 }
 
-static __always_inline void tcp_side_reset(struct ct_tcp_side *s)
+static __always_inline void tcp_side_reset(struct ct_entry *e, int d)
 {
+	struct ct_tcp_side *s = &e->side[d & 1];
+
 	s->td_end = s->td_maxend = s->td_maxwin = s->td_maxack = 0;
-	s->td_scale = 0;
-	s->flags &= CT_TS_BE_LIBERAL;
+	e->td_scale[d & 1] = 0;
+	e->td_flags[d & 1] &= CT_TS_BE_LIBERAL;
 }
 
 /* A new entry's windows (tcp_new): a SYN opens them with its options; a
@@ -234,11 +239,11 @@ static __always_inline void tcp_new_windows(struct ct_entry *e, struct ct_pkt *p
 	o->td_maxwin = pkt->window ? pkt->window : 1;
 	if (next == CT_TCP_SYN_SENT) {
 		o->td_maxend = end;
-		tcp_take_options(o, pkt);
+		tcp_take_options(e, CT_DIR_ORIGINAL, pkt);
 	} else {
 		o->td_maxend = end + o->td_maxwin;
-		o->flags = CT_TS_SACK_PERM | CT_TS_BE_LIBERAL;
-		e->side[CT_DIR_REPLY].flags = CT_TS_SACK_PERM | CT_TS_BE_LIBERAL;
+		e->td_flags[CT_DIR_ORIGINAL] = CT_TS_SACK_PERM | CT_TS_BE_LIBERAL;
+		e->td_flags[CT_DIR_REPLY] = CT_TS_SACK_PERM | CT_TS_BE_LIBERAL;
 	}
 }
 
@@ -252,7 +257,7 @@ static __always_inline void tcp_new_windows(struct ct_entry *e, struct ct_pkt *p
 static __always_inline void tcp_handle_invalid(struct ct_entry *e, int dir, int cls,
 					       const struct ct_config *cfg, __u64 now)
 {
-	__u64 unack;
+	__u32 unack;
 
 	if (!(e->flags & CT_F_ASSURED) || (cls != CT_CLASS_RST && cls != CT_CLASS_FIN))
 		return;
@@ -262,11 +267,11 @@ static __always_inline void tcp_handle_invalid(struct ct_entry *e, int dir, int 
 		e->last_dir = dir;
 		return;
 	}
-	if (e->expires_ns < now + 120 * CT_NSEC_PER_SEC)
+	if (e->expires < ct_deadline(now, 120 * CT_NSEC_PER_SEC))
 		return;
-	unack = ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_UNACKNOWLEDGED);
-	if (e->expires_ns > now + unack)
-		e->expires_ns = now + unack;
+	unack = ct_deadline(now, ct_timeout_ns(cfg, CT_CFG_TCP_TIMEOUT_UNACKNOWLEDGED));
+	if (e->expires > unack)
+		e->expires = unack;
 }
 
 #endif /* CTBPF_TCPWIN_H */

@@ -23,4 +23,27 @@ static __always_inline __u64 ct_timeout_ns(const struct ct_config *cfg, int idx)
 	return cfg->value[idx & (CT_CFG_MAX - 1)] * CT_NSEC_PER_SEC;
 }
 
+/* Times in ct_entry are ticks of 2^CT_TICK_SHIFT ns (abi.h) of ct_now(). */
+static __always_inline __u32 ct_tick(__u64 ns)
+{
+	return ns >> CT_TICK_SHIFT;
+}
+
+/* The expiry of an entry refreshed at `now` for `timeout_ns`: the first
+ * tick at which it counts as absent, so that it lives at least the whole
+ * timeout (and at most a tick more). */
+static __always_inline __u32 ct_deadline(__u64 now, __u64 timeout_ns)
+{
+	return ct_tick(now + timeout_ns) + 1;
+}
+
+/* The store is skipped when the expiry does not move: at high packet
+ * rates most refreshes fall in the tick of the one before, and the entry's
+ * cache line then stays clean for the other CPUs reading it. */
+static __always_inline void ct_set_expiry(struct ct_entry *e, __u32 expires)
+{
+	if (e->expires != expires)
+		e->expires = expires;
+}
+
 #endif /* CTBPF_TRACK_H */

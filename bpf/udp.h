@@ -13,11 +13,11 @@ static __always_inline int udp_track(struct ct_entry *e, const struct ct_config 
 
 	/* SEEN_REPLY is set after the first reply has been tracked, so the
 	 * first reply itself still gets the short timeout, as in the kernel. */
-	if ((e->flags & CT_F_SEEN_REPLY) && now > e->created_ns + CT_UDP_STREAM_AFTER_NS) {
+	if ((e->flags & CT_F_SEEN_REPLY) && ct_tick(now) > e->created + CT_UDP_STREAM_AFTER_TICKS) {
 		timeout = ct_timeout_ns(cfg, CT_CFG_UDP_TIMEOUT_STREAM);
 		e->flags |= CT_F_ASSURED;
 	}
-	e->expires_ns = now + timeout;
+	ct_set_expiry(e, ct_deadline(now, timeout));
 	return CT_TRACK_ACCEPT;
 }
 

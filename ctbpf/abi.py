@@ -85,6 +85,7 @@ CONSTS, ENUMS, STRUCTS = load()
 LAYOUT_VERSION: int = CONSTS["CT_LAYOUT_VERSION"]
 CtKey = STRUCTS["ct_key"]
 CtEntry = STRUCTS["ct_entry"]
+CtAcct = STRUCTS["ct_acct"]
 CtConfig = STRUCTS["ct_config"]
 CtCounters = STRUCTS["ct_counters"]
 CtEvent = STRUCTS["ct_event"]
@@ -113,3 +114,17 @@ INVALID_REASON_NAMES = {v: n.lower() for v, n in members("ct_invalid_reason", "C
                         if v < CONSTS["CT_INV_REASON_MAX"]}
 STAT_NAMES = {v: n.lower() for v, n in members("ct_stat", "CT_STAT_").items()
               if v < CONSTS["CT_STAT_INVALID_BASE"]}
+
+
+# ct_entry's clock: ticks of 2^CT_TICK_SHIFT ns of CLOCK_MONOTONIC.
+TICK_SHIFT: int = CONSTS["CT_TICK_SHIFT"]
+
+
+def ticks(ns: int) -> int:
+    """The tick a CLOCK_MONOTONIC instant (ns) falls in."""
+    return ns >> TICK_SHIFT
+
+
+def tick_ns(tick: int) -> int:
+    """The instant (ns) a tick begins."""
+    return tick << TICK_SHIFT

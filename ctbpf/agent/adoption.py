@@ -14,7 +14,8 @@ from typing import Callable
 
 from ctbpf import abi
 from ctbpf.agent.migrations import MIGRATIONS
-from ctbpf.agent.rebuild import Rebuild, START_SUFFIX, remove_stale_temp
+from ctbpf.agent.rebuild import Rebuild
+from ctbpf.agent.staging import START_SUFFIX, remove_stale_temp
 from ctbpf.datapath import pins
 from ctbpf.datapath.hookswap import find_hooks
 from ctbpf.datapath.rawmaps import ENTRY_SIZE, KEY_SIZE, PinnedState, compatible, inspect
@@ -65,12 +66,13 @@ def refusal(pin_dir: Path, state: PinnedState) -> str:
 
 def open_datapath(pin_dir: Path, max_entries: int, *, max_given: bool = True,
                   values: dict[str, int] | None = None, discard_state: bool = False,
-                  say: Callable[[str], None] | None = None):
+                  say: Callable[[str], None] | None = None, new_max: int | None = None):
     """A loaded Datapath on pin_dir for `ctbpf run`, keeping what is pinned:
     reused as is (same layout and size), resized (max given and different),
     migrated (another layout with a registered migration), or, only with
     discard_state, dropped with a report; otherwise CtbpfError. The caller
-    holds the pin dir's lock. say() prints a line for the user."""
+    holds the pin dir's lock. say() prints a line for the user. new_max is
+    ct_new's part of max (None: keep the pinned one, or the default)."""
     from ctbpf.datapath.loader import Datapath, MAX_ENTRIES, MIN_ENTRIES  # noqa: PLC0415
 
     say = say or (lambda line: print(f"ctbpf: {line}", file=sys.stderr, flush=True))
@@ -79,12 +81,12 @@ def open_datapath(pin_dir: Path, max_entries: int, *, max_given: bool = True,
     remove_stale_temp(pin_dir)
     state = inspect(pin_dir)
     if state is None:
-        return start_fresh(pin_dir, max_entries, values)
+        return start_fresh(pin_dir, max_entries, values, new_max)
     if not compatible(state):
         migration = MIGRATIONS.get(state.version)
         if migration is not None and state.version != abi.LAYOUT_VERSION:
-            new_max = max_entries if max_given else state.max_entries
-            rb = Rebuild(pin_dir, new_max, migration, values).prepare()
+            total = max_entries if max_given else state.max_entries
+            rb = Rebuild(pin_dir, total, migration, values, new_size=new_max).prepare()
             dp = rb.commit()
             r = rb.report
             say(f"migrated {r.total} entries of the pinned maps from layout version "
@@ -96,24 +98,28 @@ def open_datapath(pin_dir: Path, max_entries: int, *, max_given: bool = True,
         why = (f"layout version {state.version}, this build uses {abi.LAYOUT_VERSION}"
                if state.version != abi.LAYOUT_VERSION else "entry layout differs")
         say(discard(pin_dir, state, why))
-        dp = Datapath(pin_dir, max_entries).load(values=values)
+        dp = Datapath(pin_dir, max_entries, new_max=new_max).load(values=values)
         dp.adoptable |= set(state.table_ids)   # programs still running on the old maps
         return dp
     if discard_state:
         say(f"the pinned maps in {pins.display(pin_dir)} are compatible: their "
             f"{state.total} entries are kept (--discard-state has nothing to do)")
-    if max_given and max_entries != state.max_entries:
-        rb = Rebuild(pin_dir, max_entries, values=values).prepare()
+    resized = max_given and max_entries != state.max_entries
+    if resized or (new_max is not None and new_max != state.new_max):
+        total = max_entries if max_given else state.max_entries
+        keep = new_max if new_max is not None or resized else state.new_max
+        rb = Rebuild(pin_dir, total, values=values, new_size=keep).prepare()
         dp = rb.commit()
-        say(f"resized the tables from {state.max_entries} to {max_entries} entries: "
-            f"{rb.report.total} entries kept")
+        say(f"resized the tables from {state.max_entries} (new_max {state.new_max}) to {total} "
+            f"(new_max {dp.new_max}) entries: {rb.report.total} entries kept")
         return dp
-    dp = Datapath(pin_dir, state.max_entries).load(values=values)
+    dp = Datapath(pin_dir, state.max_entries, new_max=state.new_max).load(values=values)
     say(f"kept {state.total} entries of the pinned maps in {pins.display(pin_dir)}")
     return dp
 
 
-def start_fresh(pin_dir: Path, max_entries: int, values: dict[str, int] | None = None):
+def start_fresh(pin_dir: Path, max_entries: int, values: dict[str, int] | None = None,
+                new_max: int | None = None):
     """A datapath on new maps that appear in pin_dir complete: loaded and
     pinned in a staging directory, its config written there, then moved in
     by rename with ct_config last. A reader that finds ct_config finds every
@@ -126,7 +132,7 @@ def start_fresh(pin_dir: Path, max_entries: int, values: dict[str, int] | None =
         staging.mkdir()
     except OSError as e:
         raise CtbpfError(f"pin dir {pins.display(staging)}: {e.strerror}") from None
-    dp = Datapath(staging, max_entries)
+    dp = Datapath(staging, max_entries, new_max=new_max)
     try:
         dp.load(values=values)
         last = "ct_config"

@@ -256,7 +256,8 @@ def run(args) -> int:
             fresh = rawmaps.inspect(pin_dir) is None
             try:
                 dp = adoption.open_datapath(pin_dir, args.max, max_given=max_given, values=values,
-                                           discard_state=getattr(args, "discard_state", False))
+                                           discard_state=getattr(args, "discard_state", False),
+                                           new_max=getattr(args, "new_max", None))
             except BaseException:
                 _remove_failed_start(pin_dir, lock, fresh)
                 raise

@@ -47,6 +47,7 @@ EVENT_NAMES = {v: n.lower() for v, n in abi.members("ct_event_type", "CT_EVENT_"
 REASON_NAMES = {v: n.lower() for v, n in abi.members("ct_destroy_reason", "CT_DESTROY_").items()}
 DESTROY = abi.const("CT_EVENT_DESTROY")
 F_ASSURED = abi.const("CT_F_ASSURED")
+F_ACCT = abi.const("CT_F_ACCT")
 TCP_CLOSING = range(abi.const("CT_TCP_FIN_WAIT"), abi.const("CT_TCP_CLOSE") + 1)
 STAT_EVENT_LOST = abi.const("CT_STAT_EVENT_LOST")
 
@@ -97,7 +98,9 @@ def _table_of(key, entry) -> str:
 def from_ct_event(ev, mono_ns: int | None = None, wall: float | None = None) -> Event:
     """One Event from a ring-buffer record (abi.CtEvent). mono_ns/wall: a
     CLOCK_MONOTONIC reading and the wall clock at that instant, to date it."""
-    flow = decode(ev.key, ev.entry, ev.timestamp_ns - STAMP_SLACK_NS, _table_of(ev.key, ev.entry))
+    acct = ev.acct if ev.entry.flags & F_ACCT else None
+    flow = decode(ev.key, ev.entry, ev.timestamp_ns - STAMP_SLACK_NS, _table_of(ev.key, ev.entry),
+                  acct)
     if mono_ns is None:
         mono_ns, wall = time.monotonic_ns(), time.time()
     etype = EVENT_NAMES.get(ev.type, str(ev.type))

@@ -22,13 +22,15 @@ from ctbpf import abi
 
 KEY_SIZE = ctypes.sizeof(abi.CtKey)
 TIMER_SIZE = ctypes.sizeof(abi.CtTimer)
-TIMER_EXPIRES_OFFSET = abi.CtTimer.expires_ns.offset
+TIMER_EXPIRES_OFFSET = abi.CtTimer.expires.offset
 NS = 1_000_000_000
+SHIFT = abi.TICK_SHIFT
 
 
-def due_second(expires_ns: int) -> int:
-    """The slot of an expiry: the first whole second at or after it."""
-    return -(-expires_ns // NS)
+def due_second(expires: int) -> int:
+    """The slot of an expiry (ticks, as ct_entry keeps it): the first whole
+    second at or after the instant it stands for."""
+    return -(-(expires << SHIFT) // NS)
 
 
 class ExpiryIndex:
@@ -54,13 +56,13 @@ class ExpiryIndex:
             heapq.heappush(self._heap, second)
         return slot
 
-    def add(self, key, expires_ns: int) -> None:
-        """Index one raw key (KEY_SIZE bytes, any buffer) under its expiry."""
-        self._slot(due_second(expires_ns)).extend(key)
+    def add(self, key, expires: int) -> None:
+        """Index one raw key (KEY_SIZE bytes, any buffer) under its expiry (ticks)."""
+        self._slot(due_second(expires)).extend(key)
         self.keys += 1
 
     def add_keys(self, keys, expiries) -> None:
-        """Index raw keys (back to back) under their expiries, in order."""
+        """Index raw keys (back to back) under their expiries (ticks), in order."""
         self._file(memoryview(keys), 0, KEY_SIZE, expiries)
 
     def add_timers(self, records, count: int, stride: int, offset: int = 0,
@@ -72,10 +74,10 @@ class ExpiryIndex:
         mv = memoryview(records)
         if count <= 0:
             return 0
-        if stride % 8 or offset % 8 or TIMER_EXPIRES_OFFSET % 8:
+        if stride % 8 or offset % 8 or TIMER_EXPIRES_OFFSET % 4:
             raise ValueError("ct_timer records must be 8-byte aligned")
-        words = mv[:count * stride].cast("Q")
-        expiries = words[(offset + TIMER_EXPIRES_OFFSET) // 8::stride // 8].tolist()
+        words = mv[:count * stride].cast("I")
+        expiries = words[(offset + TIMER_EXPIRES_OFFSET) // 4::stride // 4].tolist()
         skip = None
         if not clean:
             from ctbpf.datapath.ringbuf import DISCARD_BIT  # only rings have headers
@@ -91,7 +93,7 @@ class ExpiryIndex:
         for i, expires in enumerate(expiries):
             if skip is not None and skip[i]:
                 continue
-            second = -(-expires // NS)
+            second = -(-(expires << SHIFT) // NS)
             if second != last_second:   # runs of one second are the common case
                 slot, last_second = self._slot(second), second
             at = first + i * stride

@@ -103,8 +103,8 @@ class TrackerCollector:
                 flows.add_metric([table_name, _proto_name(proto), state_name], n)
         yield entries
         yield flows
-        yield GaugeMetricFamily("ctbpf_entries_limit", "conntrack_max: entries each table holds "
-                                "(node_nf_conntrack_entries_limit)", value=self.limit())
+        yield GaugeMetricFamily("ctbpf_entries_limit", "conntrack_max: flows both tables hold in "
+                                "all (node_nf_conntrack_entries_limit)", value=self.limit())
 
     def _packets(self, c):
         packets = CounterMetricFamily("ctbpf_packets", "Packets by user-land state",

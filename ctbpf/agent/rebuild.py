@@ -58,15 +58,15 @@ import ctypes
 import errno
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctbpf import abi, tunables
-from ctbpf.agent import resync
+from ctbpf.agent import acctcopy, resync
+from ctbpf.agent.staging import remove_stale_temp, temp_pin_dir
 from ctbpf.agent.migrations import Migration
-from ctbpf.datapath import bpfsys, configmap, pins
+from ctbpf.datapath import bpfsys, configmap, pins, sizing
 from ctbpf.datapath.hookswap import SWAP_GRACE_S, find_hooks, swap_hooks
 from ctbpf.datapath.progs import STAGE_FUNCS, SWEEP_FUNC, programs_using
 from ctbpf.datapath.rawmaps import (ENTRY_SIZE, KEY_SIZE, STATS_SIZE, STAT_DELETE, STAT_SWEPT,
@@ -104,64 +104,25 @@ class RefusedError(CtbpfError):
     """A rebuild refused before changing anything."""
 
 
-# bpffs refuses dots in names ("reserved for future use"); `+` is allowed
-# there and in the loader's pin dir pattern, and rare in real pin dirs.
-TEMP_SUFFIX = "+rebuild-"
-
-
-# A first start pins into `<pin>+start-<pid>` and moves the set into place
-# once ct_config is written (see start_fresh).
-START_SUFFIX = "+start-"
-
-
-def temp_pin_dir(pin_dir: Path) -> Path:
-    return pin_dir.parent / f"{pin_dir.name}{TEMP_SUFFIX}{os.getpid()}"
-
-
-def remove_stale_temp(pin_dir: Path) -> None:
-    """Remove `<pin>+rebuild-<pid>` and `<pin>+start-<pid>` directories
-    whose process is gone."""
-    from ctbpf.datapath.loader import remove_pins  # noqa: PLC0415
-
-    suffixes = "|".join(re.escape(x) for x in (TEMP_SUFFIX, START_SUFFIX))
-    pattern = re.compile(re.escape(pin_dir.name) + f"(?:{suffixes})" + r"(\d+)$")
-    try:
-        names = os.listdir(pin_dir.parent)
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        log.info("removing the leftover %s", pins.display(pin_dir.parent / name))
-        remove_pins(pin_dir.parent / name)
-
-
 class Rebuild:
     """Move a running tracker onto new maps (see the module's docstring).
 
     Rebuild(pin_dir, new_max, migration=None, values=None).prepare() loads
     and fills the new datapath; commit() swaps and returns it (pinned at
-    pin_dir); abort() undoes prepare(). values, if given, are tunables to
-    apply over the carried ones (a config file's)."""
+    pin_dir); abort() undoes prepare(). new_max is the new conntrack_max,
+    new_size ct_new's part of it (None: sizing's default for new_max).
+    values, if given, are tunables to apply over the carried ones (a config
+    file's)."""
 
     def __init__(self, pin_dir: Path, new_max: int, migration: Migration | None = None,
-                 values: dict[str, int] | None = None, own_programs: set[int] = frozenset()
-                 ) -> None:
+                 values: dict[str, int] | None = None, own_programs: set[int] = frozenset(),
+                 new_size: int | None = None) -> None:
         self.pin_dir = pin_dir
         # Programs of the caller's own datapath (loaded, not necessarily
         # attached): they use the old tables and go away with it.
         self.own_programs = set(own_programs)
         self.new_max = new_max
+        self.new_size = new_size
         self.migration = migration
         self.values = values
         self.tmp = temp_pin_dir(pin_dir)
@@ -172,6 +133,8 @@ class Rebuild:
         self._snap: dict[bytes, tuple[str, bytes]] = {}
         self._written: dict[bytes, tuple[str, bytes]] = {}
         self._stats1: bytearray | None = None
+        self._acct: dict[bytes, bytes] = {}        # the old counters, as read last
+        self._acct_snap: dict[bytes, bytes] = {}   # ... as copied
         self._old_ids: set[int] = set()
         self._t0 = time.monotonic()
 
@@ -183,14 +146,18 @@ class Rebuild:
         out = self.migration.convert(table, key, entry)
         if out is None:
             return None
-        k, e = out
+        k, e, acct = out if len(out) == 3 else (*out, None)
+        if acct is not None:
+            self._acct[k] = acct
         if len(k) != KEY_SIZE or len(e) != ENTRY_SIZE:
             raise CtbpfError(f"migration from layout {self.migration.from_version}: converted "
                              f"entries must be {KEY_SIZE}/{ENTRY_SIZE} bytes, got {len(k)}/{len(e)}")
         return _table_for(table, k, e), k, e
 
     def _read_old(self) -> dict[bytes, tuple[str, bytes]]:
+        """The old tables' entries (converted), their counters in self._acct."""
         raw = read_tables(self._old)
+        self._acct = acctcopy.read(self._old.get(acctcopy.MAP))
         if self.migration is None:
             return raw
         out, dropped = {}, 0
@@ -207,8 +174,12 @@ class Rebuild:
     def _open_old(self) -> None:
         for name in (*TABLES, "ct_config", "ct_stats"):
             self._old[name] = open_pinned(self.pin_dir, name)
+        if (self.pin_dir / acctcopy.MAP).exists():     # layouts before 4 had none
+            self._old[acctcopy.MAP] = open_pinned(self.pin_dir, acctcopy.MAP)
         info = bpfsys.map_info(self._old["ct_new"])
-        self.report.old_max = info.max_entries
+        # Before layout 4 each table had max entries; since, both share it.
+        self.report.old_max = info.max_entries if self.migration is not None else \
+            info.max_entries + bpfsys.map_info(self._old["ct_assured"]).max_entries
         self._old_ids = {bpfsys.map_info(self._old[t]).id for t in TABLES}
 
     def _close_fds(self) -> None:
@@ -224,14 +195,18 @@ class Rebuild:
         if not MIN_ENTRIES <= self.new_max <= MAX_ENTRIES:
             raise UsageError(f"max: {self.new_max} is out of range [{MIN_ENTRIES}, {MAX_ENTRIES}]")
         try:
+            self.sizes = sizing.sizes(self.new_max, self.new_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        try:
             self._open_old()
             self._plan(self._read_old())   # refuse early, before the slow compile
             self._check_users()
             remove_stale_temp(self.pin_dir)
             if self.tmp.exists():
                 remove_pins(self.tmp)
-            self.dp = Datapath(self.tmp, self.new_max).load()
-            for name in (*TABLES, "ct_config", "ct_stats"):
+            self.dp = Datapath(self.tmp, self.new_max, new_max=self.sizes.new_max).load()
+            for name in (*TABLES, "ct_config", "ct_stats", acctcopy.MAP):
                 self._new[name] = open_pinned(self.tmp, name)
             # The copy the swap starts from: taken as late as possible, so
             # that little changes in the old tables before the swap.
@@ -272,14 +247,16 @@ class Rebuild:
         per_table = {t: [k for k, (tt, _) in snap.items() if tt == t] for t in TABLES}
         live = {t: sum(1 for k in ks if expires_ns(snap[k][1]) > now)
                 for t, ks in per_table.items()}
-        if max(live.values()) > self.new_max:
+        room = {"ct_assured": self.sizes.assured, "ct_new": self.sizes.new_max}
+        if any(live[t] > room[t] for t in TABLES):
             raise RefusedError(
-                f"max {self.new_max} is smaller than the live entries "
-                f"({live['ct_assured']} assured, {live['ct_new']} new): refused, nothing "
-                f"changed; use at least {max(live.values())}")
+                f"max {self.new_max} (new_max {self.sizes.new_max}) is smaller than the live "
+                f"entries ({live['ct_assured']} assured, {live['ct_new']} new): refused, nothing "
+                f"changed; use at least max {live['ct_assured'] + max(live['ct_new'], 1)} with "
+                f"new_max {max(live['ct_new'], 1)}")
         self.report.dropped_expired = 0
         for t, ks in per_table.items():
-            if len(ks) > self.new_max:
+            if len(ks) > room[t]:
                 for k in ks:
                     if expires_ns(snap[k][1]) <= now:
                         del snap[k]
@@ -375,6 +352,8 @@ class Rebuild:
                     f"max {self.new_max}: the new {t} holds {held} of its {len(items)} entries "
                     f"(an LRU table evicts a little before it is full): refused, nothing "
                     f"changed; choose a bigger max")
+        self._acct_snap = {k: a for k, a in self._acct.items() if k in snap}
+        acctcopy.write(self._new[acctcopy.MAP], self._acct_snap)
 
     def commit(self):
         """Swap every hook of the old tables to the new programs, carry over
@@ -433,6 +412,8 @@ class Rebuild:
             if s is not None and s[0] != o[0]:
                 bpfsys.delete(self._new[s[0]], kbuf)
 
+        acctcopy.carry_window(self._new[acctcopy.MAP], self._acct_snap, self._acct,
+                              set(final))
         resync.end(self._new, final, self._new[configmap.MAP])
 
     def _add_window_counters(self) -> None:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from ctbpf.agent import adoption, pinlock, rebuild, runstatus
-from ctbpf.datapath import pins, rawmaps
+from ctbpf.datapath import pins, rawmaps, sizing
 from ctbpf.errors import CtbpfError, UsageError
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,15 @@ def check(pin_dir: Path, new_max: int) -> rawmaps.PinnedState:
         raise CtbpfError(f"no ctbpf tables in {pins.display(pin_dir)}")
     if not rawmaps.compatible(state):
         raise CtbpfError(adoption.refusal(pin_dir, state))
-    too_many = max(state.live.values())
-    if too_many > new_max:
-        raise Refused(f"max {new_max} is smaller than the live entries "
+    try:
+        sz = sizing.sizes(new_max)
+    except ValueError as e:
+        raise UsageError(f"max: {e}") from None
+    if state.live["ct_assured"] > sz.assured or state.live["ct_new"] > sz.new_max:
+        raise Refused(f"max {new_max} (new_max {sz.new_max}) is smaller than the live entries "
                       f"({state.live['ct_assured']} assured, {state.live['ct_new']} new): "
-                      f"refused, nothing changed; use at least {too_many}")
+                      f"refused, nothing changed; use at least "
+                      f"{sizing.at_least(state.live['ct_assured'], state.live['ct_new'])}")
     return state
 
 
@@ -104,7 +108,7 @@ def rebuild_here(pin_dir: Path, new_max: int, datapath=None) -> str:
 
 
 def resize(pin_dir: Path, new_max: int, timeout: float = ANSWER_TIMEOUT) -> list[str]:
-    """Resize the tables pinned in pin_dir to new_max entries each, keeping
+    """Resize the tables pinned in pin_dir to new_max entries in all, keeping
     every entry and counter. Returns the lines to print; raises Refused (or
     UsageError) with one clear line when it cannot, changing nothing."""
     state = check(pin_dir, new_max)

@@ -42,8 +42,8 @@ def is_tcp(key: bytes) -> bool:
 def mark(entry: bytes) -> bytes:
     """The copy of a TCP entry as it goes into the new tables."""
     e = abi.CtEntry.from_buffer_copy(entry)
-    for side in e.side:
-        side.flags |= _RESYNC
+    for d in range(2):
+        e.td_flags[d] |= _RESYNC
     return bytes(e)
 
 
@@ -66,15 +66,15 @@ def merged(base: bytes, old: bytes | None) -> bytes:
             continue
         if side.td_maxwin == 0:
             side.td_end, side.td_maxend = os_.td_end, os_.td_maxend
-            side.td_maxwin, side.td_scale = os_.td_maxwin, os_.td_scale
+            side.td_maxwin, e.td_scale[i] = os_.td_maxwin, o.td_scale[i]
         else:
             side.td_end = _later(side.td_end, os_.td_end)
             side.td_maxend = _later(side.td_maxend, os_.td_maxend)
             side.td_maxwin = max(side.td_maxwin, os_.td_maxwin)
-        if os_.flags & _MAXACK_SET:
+        if o.td_flags[i] & _MAXACK_SET:
             side.td_maxack = (_later(side.td_maxack, os_.td_maxack)
-                              if side.flags & _MAXACK_SET else os_.td_maxack)
-            side.flags |= _MAXACK_SET
+                              if e.td_flags[i] & _MAXACK_SET else os_.td_maxack)
+            e.td_flags[i] |= _MAXACK_SET
     return bytes(e)
 
 

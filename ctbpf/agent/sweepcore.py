@@ -16,7 +16,7 @@ from ctbpf.errors import UsageError
 
 KEY_SIZE = ctypes.sizeof(abi.CtKey)
 ENTRY_SIZE = ctypes.sizeof(abi.CtEntry)
-EXPIRES_OFFSET = abi.CtEntry.expires_ns.offset
+EXPIRES_OFFSET = abi.CtEntry.expires.offset
 
 TABLES = (("ct_new", abi.const("CT_TABLE_NEW")), ("ct_assured", abi.const("CT_TABLE_ASSURED")))
 
@@ -37,21 +37,22 @@ def _bytes_view(buf) -> memoryview:
 def expired_indices(values, count: int, now_ns: int, entry_size: int = ENTRY_SIZE,
                     expires_offset: int = EXPIRES_OFFSET) -> list[int]:
     """Indices of the records among the first `count` of a raw values buffer
-    whose u64 expiry (native byte order, at `expires_offset`) is <= now_ns,
-    the datapath's own test for "expired"."""
+    whose u32 expiry in ticks (native byte order, at `expires_offset`) is
+    <= the tick of now_ns, the datapath's own test for "expired"."""
     if count <= 0:
         return []
     mv = _bytes_view(values)
     if len(mv) < count * entry_size:
         raise ValueError(f"values buffer holds {len(mv)} bytes, not {count} x {entry_size}")
     mv = mv[:count * entry_size]
-    if entry_size % 8 == 0 and expires_offset % 8 == 0:
-        # Every expires_ns at once: a strided u64 view, no copy, no decoding.
-        expiries = mv.cast("Q")[expires_offset // 8::entry_size // 8]
-    else:  # a layout without 8-byte alignment: slower, still no struct decoding
-        expiries = (int.from_bytes(mv[i + expires_offset:i + expires_offset + 8], sys.byteorder)
+    tick = abi.ticks(now_ns)
+    if entry_size % 4 == 0 and expires_offset % 4 == 0:
+        # Every expiry at once: a strided u32 view, no copy, no decoding.
+        expiries = mv.cast("I")[expires_offset // 4::entry_size // 4]
+    else:  # a layout without 4-byte alignment: slower, still no struct decoding
+        expiries = (int.from_bytes(mv[i + expires_offset:i + expires_offset + 4], sys.byteorder)
                     for i in range(0, count * entry_size, entry_size))
-    return list(itertools.compress(range(count), map(now_ns.__ge__, expiries)))
+    return list(itertools.compress(range(count), map(tick.__ge__, expiries)))
 
 
 def gather_keys(keys, indices, key_size: int = KEY_SIZE) -> bytes:

@@ -446,15 +446,15 @@ class Sweeper:
     def _overdue(self, b: _BatchBuffers, expired: list[int], now_ns: int) -> int:
         """How many of these expired entries the index should have swept
         already: expired for longer than the longest interval and a slot."""
-        words = memoryview(b.values).cast("Q")
-        step, at = ENTRY_SIZE // 8, EXPIRES_OFFSET // 8
-        limit = now_ns - int((self.max_interval + 2) * 1e9)
+        words = memoryview(b.values).cast("I")
+        step, at = ENTRY_SIZE // 4, EXPIRES_OFFSET // 4
+        limit = abi.ticks(now_ns - int((self.max_interval + 2) * 1e9))
         return sum(1 for i in expired if words[i * step + at] < limit)
 
     def _file_live(self, b: _BatchBuffers, count: int, expired: list[int]) -> None:
         """File the live entries of a batch read in the index."""
-        words = memoryview(b.values)[:count * ENTRY_SIZE].cast("Q")
-        expiries = words[EXPIRES_OFFSET // 8::ENTRY_SIZE // 8].tolist()
+        words = memoryview(b.values)[:count * ENTRY_SIZE].cast("I")
+        expiries = words[EXPIRES_OFFSET // 4::ENTRY_SIZE // 4].tolist()
         if not expired:
             self.index.add_keys(memoryview(b.keys)[:count * KEY_SIZE], expiries)
             return

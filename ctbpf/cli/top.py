@@ -43,7 +43,7 @@ class FlowSample:
 class Sample:
     mono: float                          # time.monotonic() of the read
     wall: float                          # time.time() of the read
-    limit: int                           # max_entries of each table
+    limit: int | dict                    # max_entries by table ("assured", "new"), or of each
     pkt_states: dict[str, int]           # packets per user-land state (totals)
     invalid: dict[str, int]              # invalid packets per reason (totals)
     occupancy: dict[str, Counter]        # table -> Counter((proto, tcp state name|None) -> live)
@@ -102,6 +102,7 @@ def take_sample(pin_dir: Path) -> Sample:
     from ctbpf.datapath import bpfsys, stats, tablestream  # noqa: PLC0415
 
     counters = stats.read_counters(pin_dir)
+    acct = tablestream.acct_counters(pin_dir)
     codes = {name.removeprefix("ct_"): np.zeros(1 << 16, np.int64)
              for name in tablestream.TABLES}
     parts = []
@@ -115,16 +116,18 @@ def take_sample(pin_dir: Path) -> Sample:
         proto = keys["proto"]
         code = proto.astype(np.intp) << 8 | np.where(proto == tablestream.TCP, state, 0)
         codes[name.removeprefix("ct_")] += np.bincount(code, minlength=1 << 16)
-        c = tablestream.entry_counters(keys, entries)
+        c = acct(keys, entries)
         zero = np.zeros(len(keys), np.uint64)
         parts.append((name, keys, tablestream.slim(entries), fingerprints(keys),
                       zero if c is None else c.packets.sum(axis=1, dtype=np.uint64),
                       zero if c is None else c.bytes.sum(axis=1, dtype=np.uint64)))
-    fd = bpfsys.obj_get(str(pin_dir / "ct_new"))
-    try:
-        limit = bpfsys.map_info(fd).max_entries
-    finally:
-        os.close(fd)
+    limit = {}
+    for name in tablestream.TABLES:
+        fd = bpfsys.obj_get(str(pin_dir / name))
+        try:
+            limit[name.removeprefix("ct_")] = bpfsys.map_info(fd).max_entries
+        finally:
+            os.close(fd)
     named = {}
     for t, counts in codes.items():
         named[t] = Counter()
@@ -252,7 +255,9 @@ def render(frame: Frame, width: int | None = None) -> list[str]:
     since = f"rates over {frame.interval:.1f}s" if frame.interval is not None else "rates: waiting"
     lines = [f"ctbpf top - {clock}  ({since})"]
     total = sum(frame.entries.values())
-    parts = [f"{t} {n}/{frame.limit} ({100 * n / frame.limit:.1f}%)" if frame.limit else f"{t} {n}"
+    limits = frame.limit if isinstance(frame.limit, dict) else dict.fromkeys(frame.entries,
+                                                                              frame.limit)
+    parts = [f"{t} {n}/{limits[t]} ({100 * n / limits[t]:.1f}%)" if limits.get(t) else f"{t} {n}"
              for t, n in frame.entries.items()]
     lines.append(f"Entries: {total} total; " + ", ".join(parts))
     lines.append("Packets/s: " + "  ".join(f"{s} {human(r)}" for s, r in frame.pkt_rates.items()))

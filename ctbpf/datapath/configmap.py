@@ -77,13 +77,22 @@ def read_values(pin_dir: Path) -> dict[str, int]:
     return tunables.from_config(_read_raw(pin_dir))
 
 
+def read_sizes(pin_dir: Path) -> tuple[int, int]:
+    """(conntrack_max, new_max) of the running tables: both tables' sizes
+    together, and ct_new's (ctbpf/datapath/sizing.py)."""
+    out = {}
+    for name in ("ct_new", "ct_assured"):
+        fd = bpfsys.obj_get(str(pin_dir / name))
+        try:
+            out[name] = bpfsys.map_info(fd).max_entries
+        finally:
+            os.close(fd)
+    return out["ct_new"] + out["ct_assured"], out["ct_new"]
+
+
 def read_max(pin_dir: Path) -> int:
-    """conntrack_max of the running tables (the maps' max_entries)."""
-    fd = bpfsys.obj_get(str(pin_dir / "ct_new"))
-    try:
-        return bpfsys.map_info(fd).max_entries
-    finally:
-        os.close(fd)
+    """conntrack_max of the running tables."""
+    return read_sizes(pin_dir)[0]
 
 
 def write_values(pin_dir: Path, values: dict[str, int]) -> dict[str, tuple[int, int]]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctbpf import abi, tunables
-from ctbpf.datapath import bpfsys, configmap
-from ctbpf.datapath.configmap import layout_version, read_config, write_config
+from ctbpf.datapath import bpfsys, pincheck, sizing
+from ctbpf.datapath.configmap import read_config, write_config
 from ctbpf.datapath.features import captured_stderr
-from ctbpf.datapath.pins import MAP_NAMES, PIN_NAMES, PROG_SWEEP, display, is_bpffs
+from ctbpf.datapath.pins import PIN_NAMES, PROG_SWEEP, display, is_bpffs
 from ctbpf.datapath.progs import (STAGE_FUNCS, SWEEP_FUNC, TC_EGRESS_FUNC, TC_EGRESS_PARENT,
                                   TC_PRIO, TC_STAGE_NAMES, XDP_FUNC)
 from ctbpf.datapath.sweepprog import DueResult, due_runner, sweep_due_keys, sweep_keys
@@ -97,51 +97,6 @@ def link_kind(index: int) -> str:
         return ""
 
 
-def check_pinned(pin_dir: Path, max_entries: int) -> bool:
-    """Check maps already pinned in pin_dir against this build. Returns True
-    when they exist and will be reused; raises when they cannot be."""
-    present = [name for name in MAP_NAMES if (pin_dir / name).exists()]
-    if not present:
-        return False
-    expect = {"ct_new": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry), max_entries),
-              "ct_assured": (ctypes.sizeof(abi.CtKey), ctypes.sizeof(abi.CtEntry), max_entries),
-              "ct_config": (4, configmap.SIZE, 1),
-              "ct_stats": (4, ctypes.sizeof(abi.CtCounters), 1),
-              "ct_events": (0, 0, None),  # ring buffers: their size is not ours to check
-              "ct_timers": (0, 0, None),
-              "ct_policy": (ctypes.sizeof(abi.CtPolicyKey), ctypes.sizeof(abi.CtPolicy), None),
-              "ct_verdicts": (4, ctypes.sizeof(abi.CtVerdictCounts), 1),
-              # The stages' hand-over (bpf/scratch.h) holds nothing between
-              # packets; its value is the datapath's own business.
-              "ct_scratch": (4, None, 2),
-              "ct_jump_xdp": (4, 4, abi.const("CT_JUMP_SLOTS")),
-              "ct_jump_tc": (4, 4, abi.const("CT_JUMP_SLOTS"))}
-    if "ct_config" in present:
-        version = layout_version(pin_dir)
-        if version != abi.LAYOUT_VERSION:
-            raise CtbpfError(f"maps pinned in {display(pin_dir)} have layout version {version}, this "
-                             f"build uses {abi.LAYOUT_VERSION}: they cannot be reused as they "
-                             f"are (`ctbpf run` migrates them, or drops them with "
-                             f"--discard-state)")
-    for name in present:
-        fd = bpfsys.obj_get(str(pin_dir / name))
-        try:
-            info = bpfsys.map_info(fd)
-        finally:
-            os.close(fd)
-        key_size, value_size, entries = expect[name]
-        if value_size is None:
-            value_size = info.value_size
-        if (info.key_size, info.value_size) != (key_size, value_size):
-            raise CtbpfError(f"{display(pin_dir / name)} holds {info.key_size}/{info.value_size}-byte "
-                             f"keys/values, this build needs {key_size}/{value_size}")
-        if entries is not None and info.max_entries != entries:
-            raise CtbpfError(f"{display(pin_dir / name)} was created for {info.max_entries} entries, "
-                             f"not {entries}: start with --max {info.max_entries} to keep "
-                             f"its flows")
-    return True
-
-
 def pin_program(fd: int, pin_dir: Path, name: str) -> None:
     """Pin a program, replacing an older pin atomically (rename on bpffs)."""
     tmp = pin_dir / f"{name}_new"  # bpffs refuses names with a dot
@@ -167,9 +122,11 @@ class Datapath:
     """The loaded programs and their pinned maps."""
 
     pin_dir: Path
-    max_entries: int = 65536
+    max_entries: int = 65536      # conntrack_max: both tables together
+    # ct_new's part of max (ctbpf/datapath/sizing.py); None: its default.
+    new_max: int | None = None
     # Bytes of the expiry index's ring (a power of two, at least a page);
-    # None keeps bpf/config.h's CT_TIMERS_BYTES. Tests make it small.
+    # None sizes it from the table. Tests make it small.
     timers_bytes: int | None = None
     _bpf: object = None
     _funcs: dict = field(default_factory=dict)
@@ -199,11 +156,16 @@ class Datapath:
             self.pin_dir.mkdir(exist_ok=True)
         except OSError as e:
             raise CtbpfError(f"pin dir {display(self.pin_dir)}: {e.strerror}") from None
-        self.reused = check_pinned(self.pin_dir, self.max_entries)
-        cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_MAX_ENTRIES={self.max_entries}",
-                  "-Wno-unused-function"]
-        if self.timers_bytes is not None:
-            cflags.append(f"-DCT_TIMERS_BYTES={int(self.timers_bytes)}")
+        try:
+            sz = sizing.sizes(self.max_entries, self.new_max)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        self.new_max = sz.new_max
+        self.reused = pincheck.check_pinned(self.pin_dir, sz)
+        timers = sz.timers_bytes if self.timers_bytes is None else int(self.timers_bytes)
+        cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_ASSURED_MAX={sz.assured}",
+                  f"-DCT_NEW_MAX={sz.new_max}", f"-DCT_TIMERS_BYTES={timers}",
+                  f"-DCT_EVENTS_BYTES={sz.events_bytes}", "-Wno-unused-function"]
         try:
             self._bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
             self._load_hook("xdp")
@@ -442,6 +404,7 @@ class Datapath:
         self._bpf, self._funcs = other._bpf, other._funcs
         other._bpf, other._funcs = None, {}
         self.pin_dir, self.max_entries = other.pin_dir, other.max_entries
+        self.new_max = other.new_max
         self.adoptable |= other.adoptable
         if old is not None:
             old.cleanup()

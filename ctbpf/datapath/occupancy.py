@@ -18,16 +18,16 @@ _KEY_SIZE = ctypes.sizeof(abi.CtKey)
 _ENTRY_SIZE = ctypes.sizeof(abi.CtEntry)
 _PROTO_AT = abi.CtKey.proto.offset
 _STATE_AT = abi.CtEntry.state.offset
-_EXPIRES_AT = abi.CtEntry.expires_ns.offset
+_EXPIRES_AT = abi.CtEntry.expires.offset
 TCP = 6
-# the strided u64 view needs both to be 8-byte aligned
-assert _ENTRY_SIZE % 8 == 0 and _EXPIRES_AT % 8 == 0
+# the strided u32 view needs both to be 4-byte aligned
+assert _ENTRY_SIZE % 4 == 0 and _EXPIRES_AT % 4 == 0
 
 
 def _expiries(values: bytes, count: int) -> memoryview:
-    """expires_ns of every entry: a strided view over the buffer as u64s."""
-    words = memoryview(values)[:count * _ENTRY_SIZE].cast("Q")
-    return words[_EXPIRES_AT // 8::_ENTRY_SIZE // 8]
+    """The expiry (ticks) of every entry: a strided view over the buffer as u32s."""
+    words = memoryview(values)[:count * _ENTRY_SIZE].cast("I")
+    return words[_EXPIRES_AT // 4::_ENTRY_SIZE // 4]
 
 
 def count_raw(keys: bytes, values: bytes, count: int, now_ns: int) -> Counter:
@@ -49,7 +49,7 @@ def count_raw(keys: bytes, values: bytes, count: int, now_ns: int) -> Counter:
              int.from_bytes(states, "big")).to_bytes(count, "big")
     raw = Counter({c: codes.count(c) for c in set(codes)})
     exp = _expiries(values, count)
-    for i in itertools.compress(range(count), map(now_ns.__ge__, exp)):
+    for i in itertools.compress(range(count), map(abi.ticks(now_ns).__ge__, exp)):
         raw[codes[i]] -= 1
     out: Counter = Counter()
     for code, n in raw.items():
@@ -61,9 +61,9 @@ def count_raw(keys: bytes, values: bytes, count: int, now_ns: int) -> Counter:
 
 def _count_slow(protos: bytes, states: bytes, values: bytes, count: int,
                 now_ns: int) -> Counter:
-    exp = _expiries(values, count)
+    exp, tick = _expiries(values, count), abi.ticks(now_ns)
     return Counter((p, s if p == TCP else None)
-                   for p, s, e in zip(protos, states, exp) if e > now_ns)
+                   for p, s, e in zip(protos, states, exp) if e > tick)
 
 
 def occupancy(pin_dir: Path) -> tuple[dict[str, Counter], int]:

@@ -53,7 +53,7 @@ int bpf_iter__bpf_map_elem(struct occ_iter_ctx *ctx)
 	/* The datapath's test: an expired entry counts as absent. (Tracing
 	 * programs have no coarse clock; the precise one is at most a tick
 	 * ahead of the datapath's, as time.monotonic_ns() is for list.) */
-	if (e->expires_ns <= bpf_ktime_get_ns())
+	if (e->expires <= (u32)(bpf_ktime_get_ns() >> CT_TICK_SHIFT))
 		return 0;
 	slot = (u32)key->proto * OCC_STATES + (e->state & (OCC_STATES - 1));
 	n = occ_counts.lookup(&slot);

@@ -25,7 +25,7 @@ ENTRY_SIZE = ctypes.sizeof(abi.CtEntry)
 STATS_SIZE = ctypes.sizeof(abi.CtCounters)
 STAT_SWEPT = abi.const("CT_STAT_SWEPT")
 STAT_DELETE = abi.const("CT_STAT_DELETE")
-EXPIRES_OFFSET = abi.CtEntry.expires_ns.offset
+EXPIRES_OFFSET = abi.CtEntry.expires.offset
 BPF_MAP_UPDATE_BATCH = 26
 
 
@@ -94,7 +94,13 @@ def read_tables(fds: dict[str, int]) -> dict[bytes, tuple[str, bytes]]:
 
 
 def expires_ns(entry: bytes) -> int:
-    return int.from_bytes(entry[EXPIRES_OFFSET:EXPIRES_OFFSET + 8], sys.byteorder)
+    """When an entry of this layout stops counting (CLOCK_MONOTONIC, ns)."""
+    return abi.tick_ns(int.from_bytes(entry[EXPIRES_OFFSET:EXPIRES_OFFSET + 4], sys.byteorder))
+
+
+def _old_expires_ns(entry: bytes) -> int:
+    """The same for layouts 1 to 3: a u64 of ns at the entry's start."""
+    return int.from_bytes(entry[:8], sys.byteorder)
 
 
 def read_percpu(fd: int, value_size: int) -> bytearray:
@@ -127,6 +133,7 @@ class PinnedState:
     entries: dict[str, int]     # present entries per table (live or not)
     live: dict[str, int]        # live entries per table
     table_ids: frozenset[int]
+    new_max: int | None = None  # ct_new's size (layout 4 on; before, it was max)
 
     @property
     def total(self) -> int:
@@ -145,7 +152,7 @@ def inspect(pin_dir: Path) -> PinnedState | None:
             version = configmap.version_in(configmap.read_any_layout(fd))
         finally:
             os.close(fd)
-    entries, live, ids = {}, {}, set()
+    entries, live, ids, sizes = {}, {}, set(), {}
     now = time.monotonic_ns()
     info = None
     for name in TABLES:
@@ -158,18 +165,25 @@ def inspect(pin_dir: Path) -> PinnedState | None:
         finally:
             os.close(fd)
         entries[name] = count
-        live[name] = _count_live(values, count, info.value_size, now)
-    return PinnedState(version, info.max_entries, info.key_size, info.value_size, entries, live,
-                       frozenset(ids))
+        sizes[name] = info.max_entries
+        live[name] = _count_live(values, count, info.value_size, now, version)
+    # Up to layout 3 each table had max entries; since, max is both together.
+    total = sizes["ct_new"] + sizes["ct_assured"] if version >= 4 else info.max_entries
+    return PinnedState(version, total, info.key_size, info.value_size, entries, live,
+                       frozenset(ids), sizes["ct_new"] if version >= 4 else None)
 
 
-def _count_live(values: bytes, count: int, value_size: int, now: int) -> int:
-    """Entries whose expiry (at this layout's offset) is still ahead."""
-    if count == 0 or value_size < EXPIRES_OFFSET + 8:
+def _count_live(values: bytes, count: int, value_size: int, now: int, version: int) -> int:
+    """Entries whose expiry (where their layout keeps it) is still ahead."""
+    if count == 0 or value_size < 8:
         return count
-    if value_size % 8 == 0:   # every expires_ns at once, no per-entry slicing
-        expiries = memoryview(values).cast("Q")[EXPIRES_OFFSET // 8::value_size // 8][:count]
-        return sum(1 for e in expiries if e > now)
+    if version < 4:
+        return sum(1 for i in range(count)
+                   if _old_expires_ns(values[i * value_size:(i + 1) * value_size]) > now)
+    if value_size % 4 == 0:   # every expiry at once, no per-entry slicing
+        expiries = memoryview(values).cast("I")[EXPIRES_OFFSET // 4::value_size // 4][:count]
+        tick = abi.ticks(now)
+        return sum(1 for e in expiries if e > tick)
     return sum(1 for i in range(count)
                if expires_ns(values[i * value_size:(i + 1) * value_size]) > now)
 

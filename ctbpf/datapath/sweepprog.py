@@ -48,7 +48,7 @@ class DueResult:
         self.deleted = 0
         self.gone = 0
         self.kept_keys = bytearray()    # raw keys of entries that saw traffic since
-        self.kept_expiries: list[int] = []   # ... and their current expires_ns
+        self.kept_expiries: list[int] = []   # ... and their current expiry (ticks)
 
 
 def sweep_due_keys(prog_fd: int, keys, out: DueResult | None = None,

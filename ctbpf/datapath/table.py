@@ -19,6 +19,7 @@ from ctbpf.datapath import bpfsys
 F_SEEN_REPLY = abi.const("CT_F_SEEN_REPLY")
 F_ASSURED = abi.const("CT_F_ASSURED")
 F_ORIG_IS_HI = abi.const("CT_F_ORIG_IS_HI")
+F_ACCT = abi.const("CT_F_ACCT")  # the flow's counters are in ct_acct
 FAMILY_IPV4 = abi.const("CT_FAMILY_IPV4")
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
@@ -80,8 +81,10 @@ def _ntohs(v: int) -> int:
     return int.from_bytes(v.to_bytes(2, "little"), "big")
 
 
-def decode(key, entry, now_ns: int, table: str) -> Flow:
-    """One Flow from a raw key and entry."""
+def decode(key, entry, now_ns: int, table: str, acct=None) -> Flow:
+    """One Flow from a raw key and entry, and its counters (abi.CtAcct, or
+    a (packets orig, packets reply, bytes orig, bytes reply) tuple) when it
+    has them."""
     fam = key.family
     lo = (_addr(bytes(key.addr_lo), fam), _ntohs(key.port_lo))
     hi = (_addr(bytes(key.addr_hi), fam), _ntohs(key.port_hi))
@@ -98,14 +101,37 @@ def decode(key, entry, now_ns: int, table: str) -> Flow:
     else:
         orig = Tuple(opener[0], answerer[0])
         reply = Tuple(answerer[0], opener[0])
-    remaining = (entry.expires_ns - now_ns) // 1_000_000_000
+    remaining = (abi.tick_ns(entry.expires) - now_ns) // 1_000_000_000
+    if not entry.flags & F_ACCT:
+        acct = None         # a record left by a flow that had the key before
+    if acct is not None and not isinstance(acct, tuple):
+        acct = (acct.packets[0], acct.packets[1], acct.bytes[0], acct.bytes[1])
     return Flow(
         proto=key.proto, family=fam,
         state=abi.TCP_STATE_NAMES.get(entry.state) if key.proto == 6 else None,
         timeout=int(max(remaining, 0)), orig=orig, reply=reply,
         unreplied=not entry.flags & F_SEEN_REPLY, assured=bool(entry.flags & F_ASSURED),
-        packets=(entry.packets[0], entry.packets[1]), bytes=(entry.bytes[0], entry.bytes[1]),
+        packets=None if acct is None else (acct[0], acct[1]),
+        bytes=None if acct is None else (acct[2], acct[3]),
         table=table.removeprefix("ct_"))
+
+
+ACCT_MAP = "ct_acct"
+_ACCT = struct.Struct("=QQQQ")
+
+
+def read_acct(pin_dir: Path) -> dict[bytes, tuple[int, int, int, int]]:
+    """Raw key -> (packets orig, packets reply, bytes orig, bytes reply) of
+    every flow with counters (made while acct was on)."""
+    fd = bpfsys.obj_get(str(pin_dir / ACCT_MAP))
+    try:
+        info = bpfsys.map_info(fd)
+        keys, values, count = bpfsys.lookup_batch(fd, KEY_SIZE, _ACCT.size, info.max_entries)
+    finally:
+        os.close(fd)
+    kv = memoryview(keys)
+    return {bytes(kv[i * KEY_SIZE:(i + 1) * KEY_SIZE]): c
+            for i, c in enumerate(_ACCT.iter_unpack(memoryview(values)[:count * _ACCT.size]))}
 
 
 def read_raw(pin_dir: Path, table: str) -> tuple[bytes, bytes, int]:
@@ -113,7 +139,7 @@ def read_raw(pin_dir: Path, table: str) -> tuple[bytes, bytes, int]:
     fd = bpfsys.obj_get(str(pin_dir / table))
     try:
         info = bpfsys.map_info(fd)
-        return bpfsys.lookup_batch(fd, KEY_SIZE, ENTRY_SIZE, info.max_entries)
+        return bpfsys.lookup_batch(fd, info.key_size, info.value_size, info.max_entries)
     finally:
         os.close(fd)
 
@@ -122,6 +148,7 @@ def read_flows(pin_dir: Path, include_expired: bool = False) -> list[Flow]:
     """Every live flow of both tables. An expired entry that no sweep has
     reclaimed yet counts as absent, as it does for the datapath."""
     raw = {table: read_raw(pin_dir, table) for table in TABLES}
+    acct = read_acct(pin_dir)
     now = time.monotonic_ns()  # after the read: no timeout shows more than it has left
     flows: list[Flow] = []
     # A million Flows are a million young objects: the cyclic collector
@@ -131,7 +158,7 @@ def read_flows(pin_dir: Path, include_expired: bool = False) -> list[Flow]:
     gc.disable()
     try:
         for table, (keys, values, count) in raw.items():
-            flows += decode_raw(keys, values, count, now, table, include_expired)
+            flows += decode_raw(keys, values, count, now, table, include_expired, acct)
     finally:
         if paused:
             gc.enable()
@@ -141,10 +168,10 @@ def read_flows(pin_dir: Path, include_expired: bool = False) -> list[Flow]:
 # -- the fast path: decode() for whole batch buffers, a few us per flow --------
 
 _KEY = struct.Struct("=16s16sHHBBH")
-_ENTRY = struct.Struct("=QQQQQQIBBBB64x")  # the TCP window state (64 bytes) is not listed
+_ENTRY = struct.Struct("=IIBB54x")  # expires, created, state, flags; the TCP state is not listed
 assert (_KEY.size, _ENTRY.size) == (KEY_SIZE, ENTRY_SIZE), "ct_key/ct_entry layout changed"
 assert (abi.CtKey.port_lo.offset, abi.CtKey.proto.offset, abi.CtEntry.state.offset) == \
-    (32, 36, 52), "ct_key/ct_entry field order changed"
+    (32, 36, 8), "ct_key/ct_entry field order changed"
 #: network-order u16 read as native -> its value (the datapath stores ports raw)
 _SWAP = [((v & 0xFF) << 8) | (v >> 8) for v in range(65536)]
 
@@ -167,18 +194,24 @@ def _new(cls, **fields):
 
 
 def decode_raw(keys, values, count: int, now_ns: int, table: str,
-               include_expired: bool = False) -> list[Flow]:
+               include_expired: bool = False, acct: dict | None = None) -> list[Flow]:
     """decode() of every entry of one batch read (raw key and value buffers),
-    skipping expired ones unless asked; the same Flows, many times faster."""
+    skipping expired ones unless asked, with counters from `acct` (raw key
+    -> read_acct's tuple); the same Flows, many times faster."""
+    acct = acct or {}
+    now_tick = abi.ticks(now_ns)
     addrs = _Addrs()
     states = abi.TCP_STATE_NAMES
     short = table.removeprefix("ct_")
     out = []
     entries = _ENTRY.iter_unpack(memoryview(values)[:count * ENTRY_SIZE])
-    for (alo, ahi, plo, phi, proto, fam, query), (exp, _c, p0, p1, b0, b1, _e, st, fl, _lc, _ld) \
-            in zip(_KEY.iter_unpack(memoryview(keys)[:count * KEY_SIZE]), entries):
-        if exp <= now_ns and not include_expired:
+    kv = memoryview(keys)
+    for i, ((alo, ahi, plo, phi, proto, fam, query), (exp, _c, st, fl)) \
+            in enumerate(zip(_KEY.iter_unpack(kv[:count * KEY_SIZE]), entries)):
+        if exp <= now_tick and not include_expired:
             continue
+        counters = acct.get(bytes(kv[i * KEY_SIZE:(i + 1) * KEY_SIZE])) \
+            if acct and fl & F_ACCT else None
         if fam == FAMILY_IPV4:
             lo_a, hi_a = addrs[alo[:4]], addrs[ahi[:4]]
         else:
@@ -204,10 +237,11 @@ def decode_raw(keys, values, count: int, now_ns: int, table: str,
                         id=None)
             reply = _new(Tuple, src=a_a, dst=o_a, sport=None, dport=None, type=None, code=None,
                          id=None)
-        remaining = (exp - now_ns) // 1_000_000_000
+        remaining = (abi.tick_ns(exp) - now_ns) // 1_000_000_000
         out.append(_new(Flow, proto=proto, family=fam,
                         state=states.get(st) if proto == 6 else None,
                         timeout=remaining if remaining > 0 else 0, orig=orig, reply=reply,
                         unreplied=not fl & F_SEEN_REPLY, assured=bool(fl & F_ASSURED),
-                        packets=(p0, p1), bytes=(b0, b1), table=short))
+                        packets=None if counters is None else counters[:2],
+                        bytes=None if counters is None else counters[2:], table=short))
     return out

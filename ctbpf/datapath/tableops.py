@@ -21,7 +21,7 @@ from ctbpf import abi
 from ctbpf.datapath import bpfsys, flowkey, occupancy
 from ctbpf.datapath.sweepprog import user_delete_keys
 from ctbpf.datapath.table import (ENTRY_SIZE, Flow, ICMPV6_REPLY, ICMP_REPLY, KEY_SIZE, TABLES,
-                                  decode, read_raw)
+                                  decode, read_acct, read_raw)
 
 ICMP_PROTOS = {1: ICMP_REPLY, 58: ICMPV6_REPLY}
 
@@ -96,9 +96,9 @@ def lookup(pin_dir: Path, spec: TupleSpec) -> Match | None:
         if not found:
             continue
         now = time.monotonic_ns()
-        if entry.expires_ns <= now:
+        if abi.tick_ns(entry.expires) <= now:
             continue  # expired: absent, as for the datapath
-        flow = decode(key, entry, now, table)
+        flow = decode(key, entry, now, table, read_acct(pin_dir).get(bytes(key)))
         return Match(table, bytes(key), flow) if spec.is_original_of(flow) else None
     return None
 
@@ -107,6 +107,7 @@ def scan(pin_dir: Path, flt: Selection | None = None,
          include_expired: bool = False) -> list[Match]:
     """Every live flow of both tables that flt matches, with its raw key."""
     raw = {table: read_raw(pin_dir, table) for table in TABLES}
+    acct = read_acct(pin_dir)
     now = time.monotonic_ns()  # after the read, as table.read_flows does
     out, seen = [], set()
     for table, (keys, values, n) in raw.items():
@@ -114,10 +115,11 @@ def scan(pin_dir: Path, flt: Selection | None = None,
             raw_key = keys[i * KEY_SIZE:(i + 1) * KEY_SIZE]
             entry = abi.CtEntry.from_buffer_copy(values, i * ENTRY_SIZE)
             # A flow caught mid-move between the tables shows in both: once.
-            if (entry.expires_ns <= now and not include_expired) or raw_key in seen:
+            if (abi.tick_ns(entry.expires) <= now and not include_expired) or raw_key in seen:
                 continue
             seen.add(raw_key)
-            flow = decode(abi.CtKey.from_buffer_copy(raw_key), entry, now, table)
+            flow = decode(abi.CtKey.from_buffer_copy(raw_key), entry, now, table,
+                          acct.get(raw_key))
             if flt is None or flt.matches(flow):
                 out.append(Match(table, raw_key, flow))
     return out

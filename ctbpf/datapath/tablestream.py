@@ -29,6 +29,9 @@ from ctbpf.datapath.table import (F_ASSURED, F_ORIG_IS_HI, F_SEEN_REPLY, FAMILY_
 
 KEY_DTYPE = np.dtype(abi.CtKey)
 ENTRY_DTYPE = np.dtype(abi.CtEntry)
+ACCT_DTYPE = np.dtype(abi.CtAcct)
+ACCT_MAP = "ct_acct"
+F_ACCT = abi.const("CT_F_ACCT")
 NS = 1_000_000_000
 FIRST_CHUNK = 2048     # small, so the first line is out before the bulk is read
 CHUNK = 65536          # then big: a batch syscall and numpy call per 64k flows
@@ -43,7 +46,7 @@ def entry_clock(entries: np.ndarray) -> np.ndarray:
     names = entries.dtype.names
     if "expires_ns" in names:
         return entries["expires_ns"].astype(np.int64)
-    return entries["expires"].astype(np.int64) * NS   # u32 whole seconds
+    return entries["expires"].astype(np.int64) << abi.TICK_SHIFT   # u32 ticks (abi.h)
 
 
 def entry_state_flags(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +82,38 @@ def entry_counters(keys: np.ndarray, entries: np.ndarray) -> Counters | None:
     if "packets" not in entries.dtype.names:
         return None
     return Counters(entries["packets"], entries["bytes"])
+
+
+def acct_counters(pin_dir: Path) -> CounterSource:
+    """The counters in ct_acct (the flows made while acct was on: CT_F_ACCT),
+    read once and joined to each chunk by key. What is held is what the map
+    holds, 72 bytes a record, and nothing when acct is off."""
+    fd = bpfsys.obj_get(str(pin_dir / ACCT_MAP))
+    try:
+        info = bpfsys.map_info(fd)
+        raw_keys, raw_values, count = bpfsys.lookup_batch(fd, info.key_size, info.value_size,
+                                                          info.max_entries)
+    finally:
+        os.close(fd)
+    if count == 0:
+        return lambda keys, entries: None
+    # Fixed-width byte strings order and compare as the raw keys do (all
+    # are KEY_SIZE long, so numpy's trailing-NUL rule never joins two).
+    held = np.frombuffer(raw_keys, f"S{KEY_DTYPE.itemsize}", count)
+    order = np.argsort(held, kind="stable")
+    held = held[order]
+    values = np.frombuffer(raw_values, ACCT_DTYPE, count)[order]
+
+    def source(keys: np.ndarray, entries: np.ndarray) -> Counters | None:
+        want = np.ascontiguousarray(keys).view(f"S{KEY_DTYPE.itemsize}").reshape(-1)
+        at = np.minimum(np.searchsorted(held, want), count - 1)
+        found = (held[at] == want) & ((entries["flags"] & F_ACCT) != 0)
+        if not found.any():
+            return None
+        zero = np.zeros((len(keys), 2), np.uint64)
+        return Counters(np.where(found[:, None], values["packets"][at], zero),
+                        np.where(found[:, None], values["bytes"][at], zero), found)
+    return source
 
 
 # -- reading ---------------------------------------------------------------------------

@@ -218,10 +218,10 @@ class Tracker:
         (negative: already expired), creation `created_ago` seconds ago."""
         raw = self.entry(match)
         now = time.monotonic_ns()
-        if expires_in is not None:
-            raw.entry.expires_ns = now + int(expires_in * NS)
+        if expires_in is not None:   # the tick the instant falls in: expired from then on
+            raw.entry.expires = abi.ticks(now + int(expires_in * NS))
         if created_ago is not None:
-            raw.entry.created_ns = now - int(created_ago * NS)
+            raw.entry.created = abi.ticks(now - int(created_ago * NS))
         self._write(raw)
 
     def expire(self, match=None) -> None:
@@ -243,7 +243,7 @@ class Tracker:
         """Empty both flow tables, every tunable back to its default."""
         from ctbpf.datapath.configmap import write_config  # noqa: PLC0415
 
-        for name in TABLES:
+        for name in (*TABLES, table.ACCT_MAP):
             keys, _, count = table.read_raw(self.pin_dir, name)
             if count:
                 fd = bpfsys.obj_get(str(self.pin_dir / name))

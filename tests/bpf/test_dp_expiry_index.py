@@ -37,14 +37,14 @@ def ring(tracker):
 
 
 def _read(reader) -> list[tuple[bytes, int]]:
-    """The (raw key, expires_ns) records waiting in the ring."""
+    """The (raw key, expires) records waiting in the ring."""
     out = []
 
     def handle(chunk, n, clean):
         assert clean, "the datapath never discards a record"
         for i in range(n):
             rec = abi.CtTimer.from_buffer_copy(chunk, i * STRIDE + 8)
-            out.append((bytes(rec.key), rec.expires_ns))
+            out.append((bytes(rec.key), rec.expires))
 
     while reader.consume_fixed(TIMER_SIZE, 1024, handle):
         pass
@@ -60,8 +60,9 @@ def test_a_new_flow_is_registered_once_with_its_expiry(tracker, ring):
     tracker.send(P.frame(P.udp(P.A4, P.B4, 40000, 53)))
     (rec,) = _read(ring)
     raw = tracker.entry()
-    assert rec == (bytes(raw.key), raw.entry.expires_ns)
-    assert before + 29 * NS < rec[1] <= time.monotonic_ns() + 30 * NS   # udp_timeout 30
+    assert rec == (bytes(raw.key), raw.entry.expires)
+    # udp_timeout 30: the tick after the packet's instant + 30 s (ct_deadline)
+    assert abi.ticks(before + 30 * NS) < rec[1] <= abi.ticks(time.monotonic_ns() + 30 * NS) + 1
     # More traffic only pushes the expiry later: no record.
     tracker.send(P.frame(P.udp(P.A4, P.B4, 40000, 53)))
     tracker.send(P.frame(P.udp(P.B4, P.A4, 53, 40000)))
@@ -85,7 +86,7 @@ def test_a_shorter_tcp_timeout_registers_again(tracker, ring):
     tracker.send(d.frame(P.ORIG, "FA"))           # FIN_WAIT, 120 s: earlier
     (rec,) = _read(ring)
     raw = tracker.entry()
-    assert rec == (bytes(raw.key), raw.entry.expires_ns)
+    assert rec == (bytes(raw.key), raw.entry.expires)
     assert abi.TCP_STATE_NAMES[raw.entry.state] == "FIN_WAIT"
 
 
@@ -123,7 +124,7 @@ def test_due_mode_deletes_expired_reports_live_and_gone(tracker, ring, datapath)
 
     assert (res.deleted, res.gone) == (2, 1)
     assert bytes(res.kept_keys) == bytes(live.key)
-    assert res.kept_expiries == [live.entry.expires_ns]
+    assert res.kept_expiries == [live.entry.expires]
     assert sorted(f.orig.sport for f in tracker.flows()) == [40031]
     assert tracker.counters()[abi.const("CT_STAT_SWEPT")] - swept_before == 2
     datapath.poll_events(100)
@@ -144,7 +145,7 @@ def test_due_mode_handles_more_than_one_batch(tracker, ring, datapath):
     tracker.set(udp_timeout=1)
     for raw in tracker.entries():
         tracker._write(type(raw)(raw.table, raw.key, _expired(raw.entry)))
-    keys = index.pop_due(max(e for _, e in recs) + 2 * NS)
+    keys = index.pop_due(abi.tick_ns(max(e for _, e in recs)) + 2 * NS)
     assert len(keys) == n * KEY_SIZE
     res = sweep_due_keys(datapath.prog_fd("ctbpf_sweep"), keys)
     assert (res.deleted, res.gone, len(res.kept_expiries)) == (n, 0, 0)
@@ -152,7 +153,7 @@ def test_due_mode_handles_more_than_one_batch(tracker, ring, datapath):
 
 
 def _expired(entry):
-    entry.expires_ns = time.monotonic_ns() - NS
+    entry.expires = abi.ticks(time.monotonic_ns() - NS)
     return entry
 
 

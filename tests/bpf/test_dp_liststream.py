@@ -22,8 +22,8 @@ from ctbpf.datapath.flowkey import key_from_tuple
 
 from conftest import NS
 
-PER_TABLE = 1500        # below the test datapath's 4096 per table: nothing evicted
-F = {name: abi.const(f"CT_F_{name}") for name in ("SEEN_REPLY", "ASSURED", "ORIG_IS_HI")}
+PER_TABLE = 1000        # below the test datapath's ct_new (1024): nothing evicted
+F = {name: abi.const(f"CT_F_{name}") for name in ("SEEN_REPLY", "ASSURED", "ORIG_IS_HI", "ACCT")}
 
 
 def _flow(rng: random.Random, i: int, assured: bool, now: int):
@@ -38,17 +38,28 @@ def _flow(rng: random.Random, i: int, assured: bool, now: int):
     else:
         key, hi = key_from_tuple(a, b, 47)
     e = abi.CtEntry()
-    # half a second off the tick: a listed timeout does not move between two reads
-    e.expires_ns = now + (rng.randrange(10, 4000) * NS + NS // 2 if i % 11 else -NS)
+    # nine tenths of a second past the second (less a tick, 0.13 s, once kept
+    # in ticks): a listed timeout does not move between two reads
+    e.expires = abi.ticks(now + (rng.randrange(10, 4000) * NS + NS * 9 // 10 if i % 11 else -NS))
     e.state = 3 if assured else rng.randrange(1, 11)
     e.flags = (F["SEEN_REPLY"] | F["ASSURED"] if assured else rng.choice([0, F["SEEN_REPLY"]]))
     e.flags |= F["ORIG_IS_HI"] if hi else 0
-    e.packets[:] = [i, i // 2]
-    e.bytes[:] = [60 * i, 30 * i]
-    return key, e
+    acct = None
+    if i % 3:           # two in three made while acct was on: counters in ct_acct
+        e.flags |= F["ACCT"]
+        acct = abi.CtAcct(packets=(i, i // 2), bytes=(60 * i, 30 * i))
+    return key, e, acct
 
 
-def _fill(pin_dir, name: str, pairs) -> None:
+def _fill(pin_dir, name: str, flows) -> None:
+    pairs = [(k, e) for k, e, _ in flows]
+    _put(pin_dir, name, pairs)
+    counted = [(k, a) for k, _, a in flows if a is not None]
+    if counted:
+        _put(pin_dir, table.ACCT_MAP, counted)
+
+
+def _put(pin_dir, name: str, pairs) -> None:
     keys = b"".join(bytes(k) for k, _ in pairs)
     values = b"".join(bytes(e) for _, e in pairs)
     kbuf = ctypes.create_string_buffer(keys, len(keys))
@@ -99,7 +110,8 @@ def test_stream_in_small_chunks_is_every_flow(filled):
     want = table.read_flows(filled.pin_dir)
     assert len(want) > PER_TABLE
     for first, size in ((1, 7), (2048, 65536)):
-        got = [f for c in tablestream.stream(filled.pin_dir, first=first, size=size)
+        got = [f for c in tablestream.stream(filled.pin_dir, tablestream.acct_counters(filled.pin_dir),
+                                                          first=first, size=size)
                for f in c.flows()]
         assert Counter(got) == Counter(want)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import packets as P
-from ctbpf import tunables
+from ctbpf import abi, tunables
 
 D = tunables.defaults()
 T_UDP, T_STREAM = D["udp_timeout"], D["udp_timeout_stream"]
@@ -109,17 +109,23 @@ def test_udp_without_payload(tracker):
     assert out.state == "new" and tracker.flow().bytes == (28, 0)
 
 
-def test_acct_off_stops_the_per_flow_counters_not_the_tracking(tracker):
+def test_acct_decides_at_creation_as_the_kernels_does(tracker):
+    """nf_conntrack_acct adds the counters extension to the flows made while
+    it is on, and those count until they end whatever it is switched to;
+    flows made while it is off never count. So switching it live loses and
+    corrupts no counter."""
     tracker.set(acct=0)
     tracker.send(P.frame(P.udp(P.A4, P.B4, 40000, 53)))
-    first = tracker.entry().entry
-    for _ in range(3):
-        tracker.send(P.frame(P.udp(P.B4, P.A4, 53, 40000)))
-        tracker.send(P.frame(P.udp(P.A4, P.B4, 40000, 53)))
-    raw = tracker.entry()
-    assert list(raw.entry.packets) == list(first.packets) == [1, 0]
-    assert list(raw.entry.bytes) == list(first.bytes)
-    assert not raw.flow().unreplied          # the reply was still tracked
     tracker.set(acct=1)
-    tracker.send(P.frame(P.udp(P.B4, P.A4, 53, 40000)))
-    assert list(tracker.entry().entry.packets) == [1, 1]
+    tracker.send(P.frame(P.udp(P.A4, P.B4, 40001, 53)))
+    tracker.set(acct=0)
+    for _ in range(3):
+        for port in (40000, 40001):
+            tracker.send(P.frame(P.udp(P.B4, P.A4, 53, port)))
+            tracker.send(P.frame(P.udp(P.A4, P.B4, port, 53)))
+    flows = {f.orig.sport: f for f in tracker.flows()}
+    assert (flows[40000].packets, flows[40000].bytes) == (None, None)
+    assert not flows[40000].unreplied           # tracked all the same
+    size = len(bytes(P.udp(P.A4, P.B4, 40001, 53)))   # L3 bytes of one datagram
+    assert (flows[40001].packets, flows[40001].bytes) == ((4, 3), (4 * size, 3 * size))
+    assert tracker.counters()[abi.const("CT_STAT_PKT_ESTABLISHED")] >= 12

@@ -32,7 +32,10 @@ def test_tagged_tcp_is_tracked_like_untagged(tracker, addrs, vlans):
     tagged = _lifecycle(tracker, P.TcpDialog(*addrs, vlans=vlans))
     tracker.reset()
     untagged = _lifecycle(tracker, P.TcpDialog(*addrs))
-    assert tagged == untagged
+    # The listed timeout is whole seconds of an expiry kept in ticks: two
+    # runs a moment apart may list it a second apart.
+    assert [t[:-1] for t in tagged] == [u[:-1] for u in untagged]
+    assert all(abs(t[-1] - u[-1]) <= 1 for t, u in zip(tagged, untagged)), (tagged, untagged)
 
 
 @pytest.mark.parametrize("vlans", TAG_PARAMS)

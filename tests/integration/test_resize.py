@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from conftest import run_in
 from test_restart import Conns, all_established, listed, stop_keeping, total_packets, wait_for
 
 from ctbpf import abi
-from ctbpf.datapath import bpfsys, table
+from ctbpf.datapath import bpfsys, sizing, table
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 
@@ -39,6 +40,12 @@ def table_size(pin_dir: Path) -> dict[str, int]:
     return out
 
 
+def sized(max_entries: int) -> dict[str, int]:
+    """The tables' sizes for a max: ct_new its default part, ct_assured the rest."""
+    sz = sizing.sizes(max_entries)
+    return {"ct_new": sz.new_max, "ct_assured": sz.assured}
+
+
 def still_marked(pin_dir: Path) -> int:
     """ESTABLISHED entries with a side that still carries the rebuild's
     resync mark (ctbpf/agent/resync.py): none once both ends have sent."""
@@ -48,7 +55,7 @@ def still_marked(pin_dir: Path) -> int:
         for i in range(count):
             e = abi.CtEntry.from_buffer_copy(values, i * ctypes.sizeof(abi.CtEntry))
             if e.state == abi.const("CT_TCP_ESTABLISHED") and \
-                    any(s.flags & abi.const("CT_TS_RESYNC") for s in e.side):
+                    any(f & abi.const("CT_TS_RESYNC") for f in e.td_flags):
                 n += 1
     return n
 
@@ -89,7 +96,7 @@ def check_kept(before: dict[tuple, dict], after: dict[tuple, dict]) -> None:
 
 def test_resize_bigger_smaller_and_refused(lab, pin_dir, start_tracker):
     tr = start_tracker(pin_dir, extra=["--buckets", "128"])     # max = 8 x 128
-    assert table_size(pin_dir) == {"ct_new": 1024, "ct_assured": 1024}
+    assert table_size(pin_dir) == sized(1024)
     conns = Conns(lab, CONNS)
     wait_for("connections ESTABLISHED and ASSURED", lambda: all_established(conns, tr))
     half_open(lab)
@@ -104,7 +111,7 @@ def test_resize_bigger_smaller_and_refused(lab, pin_dir, start_tracker):
         took = time.monotonic() - t0
         assert cp.returncode == 0, cp.stderr
         assert f"-> {new_max}" in cp.stdout and "entries kept" in cp.stdout, cp.stdout
-        assert table_size(pin_dir) == {"ct_new": new_max, "ct_assured": new_max}
+        assert table_size(pin_dir) == sized(new_max)
         after = snapshot(listed(tr))
         check_kept(before, after)
         assert tr.running, "the daemon must go on running on the new maps"
@@ -128,7 +135,7 @@ def test_resize_bigger_smaller_and_refused(lab, pin_dir, start_tracker):
     assert "smaller than the live entries" in cp.stderr and "nothing changed" in cp.stderr, \
         cp.stderr
     assert f"({CONNS} assured, {HALF_OPEN} new)" in cp.stderr, cp.stderr
-    assert table_size(pin_dir) == {"ct_new": 256, "ct_assured": 256}
+    assert table_size(pin_dir) == sized(256)
     check_kept(before, snapshot(listed(tr)))
     assert conns.check()["ok"] == CONNS
     # Out of range: a usage error.
@@ -153,14 +160,14 @@ def test_resize_with_no_daemon_and_at_restart(lab, pin_dir, start_tracker):
                 timeout=180)
     assert cp.returncode == 1, cp
     assert "this network namespace does not attach" in cp.stderr, cp.stderr
-    assert table_size(pin_dir)["ct_new"] == 512
+    assert table_size(pin_dir) == sized(512)
 
     # No daemon: the CLI rebuilds the tables itself and swaps the programs
     # that the stopped daemon left attached.
     cp = resize(lab, pin_dir, 2048)
     assert cp.returncode == 0, cp.stderr
     assert "swapped: XDP on cli0, XDP on srv0" in cp.stdout, cp.stdout
-    assert table_size(pin_dir)["ct_new"] == 2048
+    assert table_size(pin_dir) == sized(2048)
     assert tr.attached() == ["cli0", "srv0"]
     time.sleep(0.5)
     check_kept(before, snapshot(json.loads(tr.cli("list", "-o", "json").stdout)))
@@ -169,13 +176,14 @@ def test_resize_with_no_daemon_and_at_restart(lab, pin_dir, start_tracker):
     # A restart without --max keeps the pinned size (and adopts); one with
     # another --max resizes at start.
     tr2 = start_tracker(pin_dir, extra=["--keep-attached"])
-    assert table_size(pin_dir)["ct_new"] == 2048
+    assert table_size(pin_dir) == sized(2048)
     check_kept(before, snapshot(listed(tr2)))
     stop_keeping(tr2)
     tr3 = start_tracker(pin_dir, extra=["--max", "128"])
-    assert table_size(pin_dir)["ct_new"] == 128
+    assert table_size(pin_dir) == sized(128)
     check_kept(before, snapshot(listed(tr3)))
     assert conns.check()["ok"] == 12
     tr3.stop(signal.SIGINT)
-    assert "resized the tables from 2048 to 128 entries" in tr3.stderr, tr3.stderr
+    assert re.search(r"resized the tables from 2048 \(new_max \d+\) to 128 \(new_max 64\) "
+                     r"entries", tr3.stderr), tr3.stderr
     conns.command("quit")

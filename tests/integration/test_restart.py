@@ -469,37 +469,50 @@ def test_other_layout_with_a_registered_migration_keeps_every_entry(lab, pin_dir
 
 #: The last build before window tracking: layout version 2, 56-byte entries.
 PREVIOUS_BUILD = "43a7730"
+#: The last build of layout version 3: 120-byte entries, counters and u64
+#: ns times in the entry.
+LAYOUT_3_BUILD = "561d519"
 REPO = Path(__file__).resolve().parents[2]
 
 _RUN_FROM = ("import runpy, sys; sys.path.insert(0, {root!r}); "
              "runpy.run_module('ctbpf', run_name='__main__', alter_sys=True)")
 
 
-@pytest.fixture(scope="module")
-def previous_build(tmp_path_factory) -> Path:
-    """The source tree of PREVIOUS_BUILD, from this repository's history (a
-    clean clone has it): its own ctbpf package and bpf/ sources."""
-    root = tmp_path_factory.mktemp("previous-build")
+def _build_of(tmp_path_factory, commit: str) -> Path:
+    """The source tree of a build from this repository's history (a clean
+    clone has it): its own ctbpf package and bpf/ sources."""
+    root = tmp_path_factory.mktemp(f"build-{commit}")
     try:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", PREVIOUS_BUILD, "ctbpf",
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "ctbpf",
                                   "bpf"], capture_output=True, check=True, timeout=60).stdout
     except (OSError, subprocess.CalledProcessError) as e:
-        raise AssertionError(f"the migration test needs build {PREVIOUS_BUILD} from git "
+        raise AssertionError(f"the migration test needs build {commit} from git "
                              f"history (a clone, not an export): {e}") from None
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True, timeout=60)
     return root
 
 
-def _kept_previous_tracker(lab, pin_dir, previous_build: Path, conns_count: int = 4):
-    """The previous build's `ctbpf run --keep-attached` on the lab, with
-    ESTABLISHED connections through it, stopped: a real layout 2 pin set
-    and datapath left running, as an upgrade finds them."""
+@pytest.fixture(scope="module")
+def previous_build(tmp_path_factory) -> Path:
+    return _build_of(tmp_path_factory, PREVIOUS_BUILD)
+
+
+@pytest.fixture(scope="module")
+def layout_3_build(tmp_path_factory) -> Path:
+    return _build_of(tmp_path_factory, LAYOUT_3_BUILD)
+
+
+def _kept_previous_tracker(lab, pin_dir, previous_build: Path, conns_count: int = 4,
+                           version: int = 2):
+    """An older build's `ctbpf run --keep-attached` on the lab, with
+    ESTABLISHED connections through it, stopped: a real pin set of that
+    layout and its datapath left running, as an upgrade finds them."""
     tr = Tracker(lab, pin_dir, extra=["--keep-attached"])
     tr.cli_argv = [sys.executable, "-c", _RUN_FROM.format(root=str(previous_build))]
     tr.argv = [*tr.cli_argv, *tr.argv[3:]]
     tr.start()
     try:
-        assert layout_version(pin_dir) == 2, "the previous build must write layout 2"
+        assert layout_version(pin_dir) == version, f"that build must write layout {version}"
         conns = Conns(lab, conns_count)
         wait_for("connections ESTABLISHED and ASSURED", lambda: all_established(conns, tr))
     except BaseException:
@@ -510,7 +523,7 @@ def _kept_previous_tracker(lab, pin_dir, previous_build: Path, conns_count: int 
 
 
 def _window_flags(pin_dir: Path) -> list[tuple[int, int, int]]:
-    """(side 0 flags, side 1 flags, side 0 td_maxwin) of every TCP entry."""
+    """(direction 0 flags, direction 1 flags, side 0 td_maxwin) of every TCP entry."""
     from ctbpf.datapath import rawmaps  # noqa: PLC0415
 
     out = []
@@ -525,7 +538,7 @@ def _window_flags(pin_dir: Path) -> list[tuple[int, int, int]]:
             k = abi.CtKey.from_buffer_copy(keys, i * rawmaps.KEY_SIZE)
             e = abi.CtEntry.from_buffer_copy(values, i * rawmaps.ENTRY_SIZE)
             if k.proto == 6:
-                out.append((e.side[0].flags, e.side[1].flags, e.side[0].td_maxwin))
+                out.append((e.td_flags[0], e.td_flags[1], e.side[0].td_maxwin))
     return out
 
 
@@ -533,7 +546,7 @@ def test_layout_2_pins_of_the_previous_build_migrate(lab, pin_dir, previous_buil
                                                      start_tracker):
     """The upgrade this build ships: a datapath of the previous build
     (layout 2, no window state) running with live connections is rebuilt
-    into layout 3 without losing one; each TCP flow's windows start as the
+    into this layout without losing one; each TCP flow's windows start as the
     kernel's do for a picked-up connection (SACK permitted, liberal), then
     its own segments fill them in."""
     tr, conns = _kept_previous_tracker(lab, pin_dir, previous_build)
@@ -611,4 +624,36 @@ def test_layout_1_pins_migrate_to_this_build(lab, pin_dir, previous_build, start
     assert conns.check()["ok"] == len(conns.ports)
     tr2.stop(signal.SIGINT)
     assert "migrated" in tr2.stderr and "from layout version 1 " in tr2.stderr, tr2.stderr
+    conns.command("quit")
+
+
+def test_layout_3_pins_of_the_previous_build_migrate(lab, pin_dir, layout_3_build,
+                                                     start_tracker):
+    """The upgrade to the 64-byte entry: a layout 3 datapath (120-byte
+    entries with u64 ns times and the counters inside) running with live
+    connections is rebuilt into this layout without losing a flow, a window
+    or a counter. Windows are carried exactly, so the flows stay strictly
+    checked (not liberal) and none of their segments is INVALID after."""
+    tr, conns = _kept_previous_tracker(lab, pin_dir, layout_3_build, version=3)
+    before = conns.flows(json.loads(cli(tr, "list", "-o", "json").stdout))
+    assert all(f["packets"]["orig"] > 0 for f in before.values()), before
+
+    tr2 = start_tracker(pin_dir)
+    assert layout_version(pin_dir) == abi.LAYOUT_VERSION
+    after = conns.flows(tr2.list_json())
+    assert set(after) == set(before) == conns.ports
+    for port, f in after.items():
+        assert f["state"] == "ESTABLISHED" and "ASSURED" in f["flags"], f
+        assert total_packets(f) >= total_packets(before[port]), (f, before[port])
+        assert f["timeout"] <= before[port]["timeout"] + 1, (f, before[port])
+    liberal = abi.const("CT_TS_BE_LIBERAL")
+    windows = _window_flags(pin_dir)
+    assert len(windows) >= len(conns.ports) and all(w > 0 for _, _, w in windows), windows
+    assert not any((a | b) & liberal for a, b, _ in windows), windows
+    assert conns.check()["ok"] == len(conns.ports)
+    stats = tr2.stats()
+    assert stats["packets"]["invalid"] == 0, stats["invalid"]
+    tr2.stop(signal.SIGINT)
+    m = re.search(r"migrated (\d+) entries of the pinned maps from layout version 3 ", tr2.stderr)
+    assert m and int(m.group(1)) >= len(conns.ports), tr2.stderr
     conns.command("quit")

@@ -70,7 +70,7 @@ def test_top_shows_entries_rates_and_talkers(lab, tracker):
     # more on a loaded machine.
     over = re.search(r"\(rates over (\d+\.\d)s\)", frame[0])
     assert frame[0].startswith("ctbpf top - ") and over and 0.5 <= float(over[1]) < 5, text
-    entries = re.search(r"^Entries: (\d+) total; assured (\d+)/65536 .*, new (\d+)/65536",
+    entries = re.search(r"^Entries: (\d+) total; assured (\d+)/61440 .*, new (\d+)/4096",
                         text, re.M)
     assert entries and int(entries[1]) >= 2 and int(entries[2]) >= 1, text
     est = re.search(r"^Packets/s: .*\bestablished ([0-9.]+)([KMGT]?)\b", text, re.M)

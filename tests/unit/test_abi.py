@@ -13,7 +13,7 @@ def test_layout_version_is_positive():
 
 def test_struct_sizes_match_the_header_asserts():
     assert ctypes.sizeof(abi.CtKey) == 40
-    assert ctypes.sizeof(abi.CtEntry) == 120
+    assert ctypes.sizeof(abi.CtEntry) == 64
     assert ctypes.sizeof(abi.CtConfig) == 8 * abi.const("CT_CFG_MAX")
     assert ctypes.sizeof(abi.CtCounters) == 8 * abi.const("CT_STAT_MAX")
 

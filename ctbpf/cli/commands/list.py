@@ -34,7 +34,9 @@ def run(args) -> int:
 
     flt = FlowFilter.from_args(args)
     pin_dir = existing_pin_dir(args)
-    chunks = tablestream.stream_sorted(pin_dir) if args.sort else tablestream.stream(pin_dir)
+    counters = tablestream.acct_counters(pin_dir)
+    chunks = (tablestream.stream_sorted(pin_dir, counters) if args.sort
+              else tablestream.stream(pin_dir, counters))
     shown = write(chunks, listtext.FORMATS[args.output], args.output == "json", flt)
     if args.output == "conntrack":
         print(f"ctbpf v{__version__}: {shown} flow entries have been shown.", file=sys.stderr)

@@ -16,8 +16,12 @@ def add_arguments(p) -> None:
                    help="auto (default): native XDP on NICs, generic on veth (native XDP "
                         "on veth turns GSO/GRO off for the link), falling back to the other")
     p.add_argument("--max", type=int, default=None, metavar="N",
-                   help="conntrack_max: entries per table (default: the config file's max, "
-                        "else 8 x its buckets, else 65536)")
+                   help="conntrack_max: flows tracked in all, ASSURED or not (default: the "
+                        "config file's max, else 8 x its buckets, else 65536)")
+    p.add_argument("--new-max", type=int, default=None, metavar="N",
+                   help="the part of max that unassured flows may hold (the pool a flood of "
+                        "new flows churns; default max/16, at least 1024, at most max/2; a "
+                        "restart keeps the pinned one)")
     p.add_argument("--buckets", type=int, default=None, metavar="N",
                    help="hashsize: with no --max, max is 8 x N (as the kernel's nf_conntrack_max)")
     p.add_argument("--keep-attached", action="store_true",

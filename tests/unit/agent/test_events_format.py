@@ -28,11 +28,14 @@ def ct_event(kind, src, dst, proto, sport=0, dport=0, *, state="NONE", timeout=1
     ev = abi.CtEvent()
     ev.timestamp_ns = T0
     ev.key = key
-    ev.entry.expires_ns = STAMP + int(timeout * 1e9)
-    ev.entry.created_ns = STAMP
+    # As the datapath stamps it (ct_deadline): the tick after the instant.
+    ev.entry.expires = abi.ticks(STAMP + int(timeout * 1e9)) + 1
+    ev.entry.created = abi.ticks(STAMP)
     ev.entry.state = STATE[state] if proto == 6 else 0
     ev.entry.flags = sum(F[f] for f in flags) | (F["ORIG_IS_HI"] if src_is_hi else 0)
-    ev.entry.packets[:] = packets
+    if packets is not None:
+        ev.entry.flags |= abi.const("CT_F_ACCT")
+        ev.acct.packets[:] = packets
     ev.type = TYPE[kind]
     ev.reason = REASON[reason]
     return ev

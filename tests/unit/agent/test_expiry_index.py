@@ -6,10 +6,17 @@ import struct
 
 import pytest
 
+from ctbpf import abi
 from ctbpf.agent.expiry import ExpiryIndex, KEY_SIZE, TIMER_EXPIRES_OFFSET, TIMER_SIZE, due_second
 from ctbpf.datapath.ringbuf import DISCARD_BIT, record_size
 
 NS = 1_000_000_000
+
+
+def tk(seconds: int) -> int:
+    """The tick (ct_entry's unit) that the instant `seconds` falls in: its
+    due second is `seconds` (a tick is 134 ms)."""
+    return abi.ticks(seconds * NS)
 
 
 def key(n: int) -> bytes:
@@ -21,17 +28,19 @@ def keys_of(buf) -> list[int]:
 
 
 def test_due_second_rounds_up():
-    assert due_second(5 * NS) == 5
-    assert due_second(5 * NS + 1) == 6
+    # 1,953,125 ticks of 2^27 ns are 262,144 s exactly
+    assert due_second(1_953_125) == 262_144
+    assert due_second(1_953_126) == 262_145
+    assert due_second(tk(5)) == 5
     assert due_second(0) == 0
 
 
 def test_pop_due_hands_out_what_is_due_earliest_first_and_keeps_the_rest():
     ix = ExpiryIndex()
-    ix.add(key(3), 30 * NS)
-    ix.add(key(1), 10 * NS + 5)      # due at second 11
-    ix.add(key(2), 20 * NS)
-    ix.add(key(4), 11 * NS)
+    ix.add(key(3), tk(30))
+    ix.add(key(1), tk(10) + 1)       # the tick after: due at second 11
+    ix.add(key(2), tk(20))
+    ix.add(key(4), tk(11))
     assert len(ix) == 4 and ix.next_due() == 11
     assert ix.pop_due(11 * NS - 1) == b""
     assert keys_of(ix.pop_due(20 * NS)) == [1, 4, 2]
@@ -42,7 +51,7 @@ def test_pop_due_hands_out_what_is_due_earliest_first_and_keeps_the_rest():
 
 def test_add_keys_files_each_key_under_its_own_expiry():
     ix = ExpiryIndex()
-    ix.add_keys(b"".join(key(i) for i in range(6)), [5 * NS, 5 * NS, 9 * NS, 5 * NS, 2 * NS, 9 * NS])
+    ix.add_keys(b"".join(key(i) for i in range(6)), [tk(5), tk(5), tk(9), tk(5), tk(2), tk(9)])
     assert keys_of(ix.pop_due(2 * NS)) == [4]
     assert keys_of(ix.pop_due(5 * NS)) == [0, 1, 3]
     assert keys_of(ix.pop_due(9 * NS)) == [2, 5]
@@ -57,13 +66,13 @@ def ring_chunk(records, discard=()):
         rec = bytearray(stride)
         struct.pack_into("=II", rec, 0, length, 0)
         rec[8:8 + KEY_SIZE] = key(n)
-        struct.pack_into("=Q", rec, 8 + TIMER_EXPIRES_OFFSET, expires)
+        struct.pack_into("=I", rec, 8 + TIMER_EXPIRES_OFFSET, expires)
         out += rec
     return out, stride
 
 
 def test_add_timers_reads_ring_records_and_skips_discarded_ones():
-    chunk, stride = ring_chunk([(1, 7 * NS), (2, 3 * NS), (3, 7 * NS), (4, 3 * NS)], discard={2})
+    chunk, stride = ring_chunk([(1, tk(7)), (2, tk(3)), (3, tk(7)), (4, tk(3))], discard={2})
     ix = ExpiryIndex()
     assert ix.add_timers(chunk, 4, stride, offset=8, clean=False) == 3
     assert keys_of(ix.pop_due(3 * NS)) == [2, 4]
@@ -77,6 +86,6 @@ def test_add_timers_refuses_misaligned_records():
 
 def test_clear_empties_everything():
     ix = ExpiryIndex()
-    ix.add(key(1), NS)
+    ix.add(key(1), tk(1))
     ix.clear()
     assert len(ix) == 0 and ix.pop_due(10 * NS) == b"" and ix.memory_bytes() == 0

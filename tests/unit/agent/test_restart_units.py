@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from ctbpf import abi
-from ctbpf.agent import migrations, rebuild
+from ctbpf.agent import migrations, rebuild, staging
 from ctbpf.datapath import hookswap, stats
 
 
@@ -72,7 +72,7 @@ def test_registry():
 
 def test_rebuild_pin_dir_is_a_legal_bpffs_name(tmp_path):
     # bpffs refuses names with dots ("reserved for future use").
-    name = rebuild.temp_pin_dir(tmp_path / "ctbpf@ns1").name
+    name = staging.temp_pin_dir(tmp_path / "ctbpf@ns1").name
     assert "." not in name and name.startswith("ctbpf@ns1+rebuild-")
 
 

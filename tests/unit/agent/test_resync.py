@@ -5,6 +5,7 @@ datapath to clear (tests/bpf/test_dp_tcp_window.py runs that part)."""
 from __future__ import annotations
 
 import ctypes
+from types import SimpleNamespace
 
 from ctbpf import abi
 from ctbpf.agent import resync
@@ -18,14 +19,18 @@ def entry(end0=0, maxend0=0, maxwin0=0, maxack0=None, flags0=0) -> bytes:
     e = abi.CtEntry()
     e.state = abi.const("CT_TCP_ESTABLISHED")
     s = e.side[0]
-    s.td_end, s.td_maxend, s.td_maxwin, s.flags = end0, maxend0, maxwin0, flags0
+    s.td_end, s.td_maxend, s.td_maxwin, e.td_flags[0] = end0, maxend0, maxwin0, flags0
     if maxack0 is not None:
-        s.td_maxack, s.flags = maxack0, s.flags | MAXACK
+        s.td_maxack, e.td_flags[0] = maxack0, e.td_flags[0] | MAXACK
     return bytes(e)
 
 
 def sides(raw: bytes):
-    return abi.CtEntry.from_buffer_copy(raw).side
+    """Each direction's window with its scale and flags (bytes of the entry)."""
+    e = abi.CtEntry.from_buffer_copy(raw)
+    return [SimpleNamespace(td_end=s.td_end, td_maxend=s.td_maxend, td_maxwin=s.td_maxwin,
+                            td_maxack=s.td_maxack, td_scale=e.td_scale[i], flags=e.td_flags[i])
+            for i, s in enumerate(e.side)]
 
 
 def test_tcp_keys_only():
@@ -39,7 +44,8 @@ def test_mark_sets_both_sides_and_keeps_the_rest():
     marked = resync.mark(raw)
     assert [s.flags & RESYNC for s in sides(marked)] == [RESYNC, RESYNC]
     assert sides(marked)[0].flags & LIBERAL
-    assert marked[:56] == raw[:56]
+    flags_at = abi.CtEntry.td_flags.offset
+    assert marked[:flags_at] == raw[:flags_at] and len(marked) == flags_at + 2
 
 
 def test_merged_takes_the_later_edges_and_keeps_the_mark():

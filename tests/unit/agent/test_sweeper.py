@@ -17,11 +17,18 @@ from ctbpf.agent.sweeper import Sweeper, TABLES
 from ctbpf.cli import main as cli
 from ctbpf.errors import UsageError
 
-NOW = 5_000_000_000_000
+# A tick's first instant: an entry "expiring at x ns" then holds the tick
+# x falls in, rounded up, and is expired at NOW exactly when x <= NOW.
+NOW = abi.tick_ns(abi.ticks(5_000_000_000_000))
+
+
+def tick_of(expires_ns: int) -> int:
+    return min(-(-expires_ns >> abi.TICK_SHIFT) if expires_ns > 0 else 0, 2**32 - 1)
 
 
 def entry(expires_ns: int, **fields) -> bytes:
-    e = abi.CtEntry(expires_ns=expires_ns, created_ns=expires_ns - 1000, **fields)
+    t = tick_of(expires_ns)
+    e = abi.CtEntry(expires=t, created=max(t - 8, 0), **fields)
     return bytes(e)
 
 
@@ -34,7 +41,7 @@ def key(n: int) -> bytes:
 
 def records(expiries: list[int]) -> tuple[bytes, bytes]:
     keys = b"".join(key(i + 1) for i in range(len(expiries)))
-    values = b"".join(entry(x, packets=(i, i + 1), state=3, flags=0xFF)
+    values = b"".join(entry(x, last_seq=i, last_ack=i + 1, state=3, flags=0xFF)
                       for i, x in enumerate(expiries))
     return keys, values
 
@@ -44,8 +51,8 @@ def records(expiries: list[int]) -> tuple[bytes, bytes]:
 
 
 def test_layout_is_what_the_fast_path_expects():
-    assert ENTRY_SIZE == ctypes.sizeof(abi.CtEntry) and ENTRY_SIZE % 8 == 0
-    assert sweepcore.EXPIRES_OFFSET == abi.CtEntry.expires_ns.offset
+    assert ENTRY_SIZE == ctypes.sizeof(abi.CtEntry) and ENTRY_SIZE % 4 == 0
+    assert sweepcore.EXPIRES_OFFSET == abi.CtEntry.expires.offset
     assert KEY_SIZE == ctypes.sizeof(abi.CtKey)
     assert [t for _, t in TABLES] == [abi.const("CT_TABLE_NEW"), abi.const("CT_TABLE_ASSURED")]
 
@@ -82,17 +89,17 @@ def test_short_buffer_is_an_error():
 
 
 def test_other_fields_never_mistaken_for_the_expiry():
-    # every other u64 of the entry is "expired"-looking (small), the expiry is not
-    e = abi.CtEntry(expires_ns=NOW + 1, created_ns=1, packets=(1, 1), bytes=(1, 1))
+    # every other u32 of the entry is "expired"-looking (small), the expiry is not
+    e = abi.CtEntry(expires=tick_of(NOW + 1), created=1, last_seq=1, last_ack=1, last_end=1)
     values = bytes(e) * 3
     assert expired_indices(values, 3, NOW) == []
 
 
 def test_unaligned_layout_uses_the_slow_path_with_the_same_answer():
-    # a made-up 12-byte record with its expiry at offset 4
+    # a made-up 10-byte record with its expiry at offset 3
     exp = [NOW - 1, NOW + 1, NOW, NOW + 7]
-    values = b"".join(b"\xAA" * 4 + x.to_bytes(8, "little") for x in exp)
-    assert expired_indices(values, 4, NOW, entry_size=12, expires_offset=4) == [0, 2]
+    values = b"".join(b"\xAA" * 3 + tick_of(x).to_bytes(4, "little") + b"\xBB" * 3 for x in exp)
+    assert expired_indices(values, 4, NOW, entry_size=10, expires_offset=3) == [0, 2]
 
 
 def test_large_buffer_matches_a_plain_decode():

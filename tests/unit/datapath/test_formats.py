@@ -9,7 +9,7 @@ from ctbpf.datapath import formats
 from ctbpf.datapath.flowkey import key_from_tuple
 from ctbpf.datapath.table import decode
 
-NOW = 10_000 * 1_000_000_000
+NOW = abi.tick_ns(abi.ticks(10_000 * 1_000_000_000))   # the start of a tick
 F = {name: abi.const(f"CT_F_{name}") for name in ("SEEN_REPLY", "ASSURED", "ORIG_IS_HI")}
 
 
@@ -17,12 +17,14 @@ def flow(src, dst, proto, sport=0, dport=0, *, state=0, seconds_left=0.5, flags=
          icmp_query=0, packets=(1, 0), nbytes=(60, 0)):
     key, src_is_hi = key_from_tuple(src, dst, proto, sport, dport, icmp_query)
     entry = abi.CtEntry()
-    entry.expires_ns = NOW + int(seconds_left * 1e9)
+    # the first tick at or after the instant: at least seconds_left remain
+    entry.expires = -(-(NOW + int(seconds_left * 1e9)) >> abi.TICK_SHIFT)
     entry.state = state
     entry.flags = sum(F[f] for f in flags) | (F["ORIG_IS_HI"] if src_is_hi else 0)
-    entry.packets[:] = packets
-    entry.bytes[:] = nbytes
-    return decode(key, entry, NOW, "ct_new")
+    acct = None if packets is None else (*packets, *nbytes)
+    if acct is not None:
+        entry.flags |= abi.const("CT_F_ACCT")
+    return decode(key, entry, NOW, "ct_new", acct)
 
 
 # The spec's three listing examples (section 7.4), joined onto one line each.
