@@ -7,8 +7,9 @@
 #ifndef CTBPF_CONFIG_H
 #define CTBPF_CONFIG_H
 
-/* Entries of the two flow tables: ct_assured and ct_new (the unassured
- * pool) share conntrack_max, CT_ASSURED_MAX + CT_NEW_MAX. */
+/* Entries of the two flow tables: ct_new (the unassured pool) and
+ * ct_assured as large as it is now; conntrack_max is CT_NEW_MAX plus what
+ * ct_assured may grow to (ctbpf/datapath/sizing.py). */
 #ifndef CT_ASSURED_MAX
 #define CT_ASSURED_MAX 61440
 #endif

@@ -14,7 +14,9 @@ BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct_new,
 		 CT_NEW_MAX, CT_PIN_DIR "/ct_new");
 
 /* ASSURED flows: a plain hash that nothing evicts, allocated per element
- * so that its memory follows the flows it holds, as the kernel's does. */
+ * so that its memory follows the flows it holds, as the kernel's does. Its
+ * buckets are allocated whole, so it is made for what it holds and the
+ * agent grows it, up to conntrack_max (ctbpf/agent/growth.py). */
 BPF_TABLE_PINNED("hash", struct ct_key, struct ct_entry, ct_assured,
 		 CT_ASSURED_MAX, CT_PIN_DIR "/ct_assured", BPF_F_NO_PREALLOC);
 

@@ -80,12 +80,21 @@ ENTRIES_PER_BUCKET = 8
 MIN_MAX, MAX_MAX = 16, 1 << 26
 LIMITS: tuple[Tunable, ...] = (
     Tunable("max", -1, DEFAULT_MAX, MIN_MAX, MAX_MAX, "entries",
-            "conntrack_max: entries per table (changing it reloads the tables, keeping every entry)"),
+            "conntrack_max: flows tracked in all, ASSURED or not (changing it reloads the "
+            "tables, keeping every entry)"),
     Tunable("buckets", -1, DEFAULT_MAX // ENTRIES_PER_BUCKET, MIN_MAX // ENTRIES_PER_BUCKET,
             MAX_MAX // ENTRIES_PER_BUCKET, "buckets",
             "hashsize: informational; max defaults to 8 x buckets"),
 )
 ALL: tuple[Tunable, ...] = TUNABLES + LIMITS
+#: What `ctbpf config` shows of the table sizes the start chose (`ctbpf run
+#: --new-max`; ctbpf/datapath/sizing.py), not a tunable: its default follows max.
+NEW_MAX = Tunable("new_max", -1, DEFAULT_MAX // 16, 1, MAX_MAX // 2, "entries",
+                  "the part of max unassured flows may hold: the pool a flood of new flows "
+                  "churns (default max/16, at least 1024, at most max/2)")
+ASSURED_NOW = Tunable("assured_size", -1, DEFAULT_MAX // 4, 1, MAX_MAX, "entries",
+                      "ct_assured's size now: made small, grown four times when three "
+                      "quarters full, up to max - new_max")
 ALL_BY_NAME = {t.name: t for t in ALL}
 
 # The spec's NONE row (30 minutes): no entry ever rests in NONE, the value

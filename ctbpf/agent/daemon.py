@@ -23,6 +23,7 @@ from typing import Protocol
 from ctbpf import tunables
 from ctbpf.agent import adoption, configfile, pinlock, reloader
 from ctbpf.agent.events import EventRelay
+from ctbpf.agent.growth import GrowthService
 from ctbpf.agent.resize import ResizeService
 from ctbpf.agent.runstatus import run_dir
 from ctbpf.agent.sweeper import Sweeper
@@ -240,6 +241,8 @@ def run(args) -> int:
         daemon.add_service(MetricsService(metrics_addr))
     # `ctbpf set max=N` asks the daemon to rebuild its tables (ctbpf/agent/resize.py).
     daemon.add_service(ResizeService())
+    # ct_assured made small and grown with the flows it holds (ctbpf/agent/growth.py).
+    daemon.add_service(GrowthService())
     cli_mode = getattr(args, "mode", None)
     if cfg is not None:
         daemon.reload_hooks.append(reloader.Reloader(daemon, cfg.path, cli_max, args.max,

@@ -116,13 +116,15 @@ class Rebuild:
 
     def __init__(self, pin_dir: Path, new_max: int, migration: Migration | None = None,
                  values: dict[str, int] | None = None, own_programs: set[int] = frozenset(),
-                 new_size: int | None = None) -> None:
+                 new_size: int | None = None, assured: int | None = None) -> None:
         self.pin_dir = pin_dir
         # Programs of the caller's own datapath (loaded, not necessarily
         # attached): they use the old tables and go away with it.
         self.own_programs = set(own_programs)
         self.new_max = new_max
         self.new_size = new_size
+        self.assured = assured       # ct_assured's size; None: made for its flows
+        self.sizes: sizing.Sizes | None = None
         self.migration = migration
         self.values = values
         self.tmp = temp_pin_dir(pin_dir)
@@ -179,7 +181,7 @@ class Rebuild:
         info = bpfsys.map_info(self._old["ct_new"])
         # Before layout 4 each table had max entries; since, both share it.
         self.report.old_max = info.max_entries if self.migration is not None else \
-            info.max_entries + bpfsys.map_info(self._old["ct_assured"]).max_entries
+            configmap.max_in(configmap.read_any_layout(self._old["ct_config"]))
         self._old_ids = {bpfsys.map_info(self._old[t]).id for t in TABLES}
 
     def _close_fds(self) -> None:
@@ -195,17 +197,14 @@ class Rebuild:
         if not MIN_ENTRIES <= self.new_max <= MAX_ENTRIES:
             raise UsageError(f"max: {self.new_max} is out of range [{MIN_ENTRIES}, {MAX_ENTRIES}]")
         try:
-            self.sizes = sizing.sizes(self.new_max, self.new_size)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        try:
             self._open_old()
             self._plan(self._read_old())   # refuse early, before the slow compile
             self._check_users()
             remove_stale_temp(self.pin_dir)
             if self.tmp.exists():
                 remove_pins(self.tmp)
-            self.dp = Datapath(self.tmp, self.new_max, new_max=self.sizes.new_max).load()
+            self.dp = Datapath(self.tmp, self.new_max, new_max=self.sizes.new_max,
+                               assured=self.sizes.assured).load()
             for name in (*TABLES, "ct_config", "ct_stats", acctcopy.MAP):
                 self._new[name] = open_pinned(self.tmp, name)
             # The copy the swap starts from: taken as late as possible, so
@@ -247,6 +246,12 @@ class Rebuild:
         per_table = {t: [k for k, (tt, _) in snap.items() if tt == t] for t in TABLES}
         live = {t: sum(1 for k in ks if expires_ns(snap[k][1]) > now)
                 for t, ks in per_table.items()}
+        if self.sizes is None:    # ct_assured made for the flows it will hold
+            try:
+                self.sizes = sizing.sizes(self.new_max, self.new_size, self.assured,
+                                          live=live["ct_assured"])
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         room = {"ct_assured": self.sizes.assured, "ct_new": self.sizes.new_max}
         if any(live[t] > room[t] for t in TABLES):
             raise RefusedError(
@@ -307,6 +312,7 @@ class Rebuild:
             current = tunables.from_config(configmap.read_config(self.tmp))
             current.update(self.values)
             configmap.write_config(self.tmp, current)
+        configmap.set_max(self.tmp, self.new_max)   # the old config said the old max
         configmap.set_resync_hold(self._new[configmap.MAP], True)
 
     def _copy_counters(self) -> None:

@@ -78,7 +78,7 @@ def check(pin_dir: Path, new_max: int) -> rawmaps.PinnedState:
         sz = sizing.sizes(new_max)
     except ValueError as e:
         raise UsageError(f"max: {e}") from None
-    if state.live["ct_assured"] > sz.assured or state.live["ct_new"] > sz.new_max:
+    if state.live["ct_assured"] > sz.assured_max or state.live["ct_new"] > sz.new_max:
         raise Refused(f"max {new_max} (new_max {sz.new_max}) is smaller than the live entries "
                       f"({state.live['ct_assured']} assured, {state.live['ct_new']} new): "
                       f"refused, nothing changed; use at least "
@@ -104,6 +104,19 @@ def rebuild_here(pin_dir: Path, new_max: int, datapath=None) -> str:
         new.close()
     line = _summary(state.max_entries, rb.report)
     log.info("%s", line)
+    return line
+
+
+def grow_here(pin_dir: Path, datapath, assured: int) -> str:
+    """ct_assured rebuilt `assured` entries large, max and new_max as they
+    are, in the daemon that holds the lock (ctbpf/agent/growth.py)."""
+    before = datapath.assured
+    rb = rebuild.Rebuild(pin_dir, datapath.max_entries, new_size=datapath.new_max,
+                         assured=assured, own_programs=datapath.own_prog_ids()).prepare()
+    datapath.take_over(rb.commit())
+    line = (f"grown from {before} to {datapath.assured} entries, {rb.report.total} entries "
+            f"kept in {rb.report.seconds:.1f} s")
+    log.info("ct_assured %s", line)
     return line
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ctbpf import tunables
 from ctbpf.agent.configfile import load_file
-from ctbpf.datapath import pins
-from ctbpf.datapath.configmap import read_max, read_values
+from ctbpf.datapath import pincheck, pins, sizing
+from ctbpf.datapath.configmap import read_max, read_sizes, read_values
 from ctbpf.errors import UsageError
 from ctbpf.tunables import ENTRIES_PER_BUCKET, Tunable
 
@@ -45,6 +45,11 @@ def _source(value: int, default: int, in_file: int | None) -> str:
     if value == default:
         return "default"
     return "set"
+
+
+def table_sizes(pin_dir: Path) -> tuple[int, int]:
+    """(new_max, ct_assured's size now) of the running tables."""
+    return read_sizes(pin_dir)[1], pincheck.pinned_size(pin_dir, "ct_assured")
 
 
 def describe(pin_dir: Path) -> dict:
@@ -85,6 +90,13 @@ def describe(pin_dir: Path) -> dict:
     else:
         buckets = max(1, current_max // ENTRIES_PER_BUCKET)
         rows.append(_row(b, buckets, "default" if buckets == b.default else "max/8"))
+    new_max, assured = table_sizes(pin_dir)
+    default_new = sizing.default_new_max(current_max)
+    rows.append({**_row(tunables.NEW_MAX, new_max,
+                        "default" if new_max == default_new else "option"), "default": default_new})
+    start = min(sizing.ASSURED_START, current_max - new_max)
+    rows.append({**_row(tunables.ASSURED_NOW, assured, "grown" if assured > start else "default"),
+                 "default": start})
     return {"pin_dir": pins.display(pin_dir), "config_file": path,
             "daemon_pid": status.get("pid") if status else None,
             "note": note, "tunables": rows}

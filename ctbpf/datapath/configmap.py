@@ -27,6 +27,7 @@ SIZE = ctypes.sizeof(abi.CtConfig)
 VERSION_SLOT = abi.const("CT_CFG_LAYOUT_VERSION")
 POLICIES_SLOT = abi.const("CT_CFG_POLICIES")
 RESYNC_HOLD_SLOT = abi.const("CT_CFG_RESYNC_HOLD")
+MAX_SLOT = abi.const("CT_CFG_MAX_ENTRIES")
 
 
 def read_config(pin_dir: Path):
@@ -78,16 +79,22 @@ def read_values(pin_dir: Path) -> dict[str, int]:
 
 
 def read_sizes(pin_dir: Path) -> tuple[int, int]:
-    """(conntrack_max, new_max) of the running tables: both tables' sizes
-    together, and ct_new's (ctbpf/datapath/sizing.py)."""
-    out = {}
-    for name in ("ct_new", "ct_assured"):
-        fd = bpfsys.obj_get(str(pin_dir / name))
-        try:
-            out[name] = bpfsys.map_info(fd).max_entries
-        finally:
-            os.close(fd)
-    return out["ct_new"] + out["ct_assured"], out["ct_new"]
+    """(conntrack_max, new_max) of the running tables: what ct_assured may
+    grow to with ct_new's part of it (ctbpf/datapath/sizing.py)."""
+    fd = bpfsys.obj_get(str(pin_dir / "ct_new"))
+    try:
+        new_max = bpfsys.map_info(fd).max_entries
+    finally:
+        os.close(fd)
+    return int(read_config(pin_dir).value[MAX_SLOT]), new_max
+
+
+def set_max(pin_dir: Path, max_entries: int) -> None:
+    """Record conntrack_max in ct_config (the loader does, at every load)."""
+    cfg = read_config(pin_dir)
+    if cfg.value[MAX_SLOT] != max_entries:
+        cfg.value[MAX_SLOT] = max_entries
+        write_raw_config(pin_dir, cfg)
 
 
 def read_max(pin_dir: Path) -> int:
@@ -132,6 +139,13 @@ def version_in(raw: bytes) -> int:
     if len(raw) < (VERSION_SLOT + 1) * 8:
         return -1
     return int.from_bytes(raw[VERSION_SLOT * 8:VERSION_SLOT * 8 + 8], sys.byteorder)
+
+
+def max_in(raw: bytes) -> int:
+    """conntrack_max in a raw ct_config of this layout; 0 when not there."""
+    if len(raw) < (MAX_SLOT + 1) * 8:
+        return 0
+    return int.from_bytes(raw[MAX_SLOT * 8:MAX_SLOT * 8 + 8], sys.byteorder)
 
 
 def write_as_this_layout(fd: int, raw: bytes) -> bool:

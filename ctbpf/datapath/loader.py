@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctbpf import abi, tunables
-from ctbpf.datapath import bpfsys, pincheck, sizing
+from ctbpf.datapath import bpfsys, configmap, pincheck, sizing
 from ctbpf.datapath.configmap import read_config, write_config
 from ctbpf.datapath.features import captured_stderr
 from ctbpf.datapath.pins import PIN_NAMES, PROG_SWEEP, display, is_bpffs
@@ -125,6 +125,9 @@ class Datapath:
     max_entries: int = 65536      # conntrack_max: both tables together
     # ct_new's part of max (ctbpf/datapath/sizing.py); None: its default.
     new_max: int | None = None
+    # ct_assured's size now (it grows up to max - new_max); None: what is
+    # pinned, else sized for an empty table.
+    assured: int | None = None
     # Bytes of the expiry index's ring (a power of two, at least a page);
     # None sizes it from the table. Tests make it small.
     timers_bytes: int | None = None
@@ -157,10 +160,12 @@ class Datapath:
         except OSError as e:
             raise CtbpfError(f"pin dir {display(self.pin_dir)}: {e.strerror}") from None
         try:
-            sz = sizing.sizes(self.max_entries, self.new_max)
+            if self.assured is None:    # pinned ones keep the size they grew to
+                self.assured = pincheck.pinned_size(self.pin_dir, "ct_assured")
+            sz = sizing.sizes(self.max_entries, self.new_max, self.assured)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        self.new_max = sz.new_max
+        self.new_max, self.assured = sz.new_max, sz.assured
         self.reused = pincheck.check_pinned(self.pin_dir, sz)
         timers = sz.timers_bytes if self.timers_bytes is None else int(self.timers_bytes)
         cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_ASSURED_MAX={sz.assured}",
@@ -181,6 +186,7 @@ class Datapath:
                 current = tunables.from_config(read_config(self.pin_dir))
             current.update(values or {})
             write_config(self.pin_dir, current)
+        configmap.set_max(self.pin_dir, self.max_entries)
         from ctbpf.datapath.rawmaps import table_ids  # noqa: PLC0415
 
         self.adoptable |= table_ids(self.pin_dir)
@@ -404,7 +410,7 @@ class Datapath:
         self._bpf, self._funcs = other._bpf, other._funcs
         other._bpf, other._funcs = None, {}
         self.pin_dir, self.max_entries = other.pin_dir, other.max_entries
-        self.new_max = other.new_max
+        self.new_max, self.assured = other.new_max, other.assured
         self.adoptable |= other.adoptable
         if old is not None:
             old.cleanup()

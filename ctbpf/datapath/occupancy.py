@@ -82,7 +82,8 @@ def live_counts(pin_dir: Path) -> tuple[dict[str, int], int]:
     for name in table.TABLES:
         _, values, count = table.read_raw(pin_dir, name)
         now = time.monotonic_ns()
-        live[name.removeprefix("ct_")] = (sum(1 for e in _expiries(values, count) if e > now)
+        tick = abi.ticks(now)
+        live[name.removeprefix("ct_")] = (sum(1 for e in _expiries(values, count) if e > tick)
                                           if count else 0)
         present += count
     return live, present

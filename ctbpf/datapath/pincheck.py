@@ -23,7 +23,7 @@ def check_pinned(pin_dir: Path, sz: sizing.Sizes) -> bool:
     key = ctypes.sizeof(abi.CtKey)
     expect = {"ct_new": (key, ctypes.sizeof(abi.CtEntry), sz.new_max),
               "ct_assured": (key, ctypes.sizeof(abi.CtEntry), sz.assured),
-              "ct_acct": (key, ctypes.sizeof(abi.CtAcct), sz.max_entries),
+              "ct_acct": (key, ctypes.sizeof(abi.CtAcct), sz.acct),
               "ct_config": (4, configmap.SIZE, 1),
               "ct_stats": (4, ctypes.sizeof(abi.CtCounters), 1),
               "ct_events": (0, 0, None),  # ring buffers: their size is not ours to check
@@ -60,3 +60,14 @@ def check_pinned(pin_dir: Path, sz: sizing.Sizes) -> bool:
                              f"start with the max and new_max it was made with to keep "
                              f"its flows")
     return True
+
+
+def pinned_size(pin_dir: Path, name: str) -> int | None:
+    """max_entries of a map pinned in pin_dir, None when there is none."""
+    if not (pin_dir / name).exists():
+        return None
+    fd = bpfsys.obj_get(str(pin_dir / name))
+    try:
+        return bpfsys.map_info(fd).max_entries
+    finally:
+        os.close(fd)

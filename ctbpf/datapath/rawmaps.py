@@ -134,6 +134,7 @@ class PinnedState:
     live: dict[str, int]        # live entries per table
     table_ids: frozenset[int]
     new_max: int | None = None  # ct_new's size (layout 4 on; before, it was max)
+    assured: int | None = None  # ct_assured's size now (layout 4 on)
 
     @property
     def total(self) -> int:
@@ -145,11 +146,12 @@ def inspect(pin_dir: Path) -> PinnedState | None:
     tables are pinned there."""
     if not all((pin_dir / name).exists() for name in TABLES):
         return None
-    version = -1
+    version, raw_config = -1, b""
     if (pin_dir / "ct_config").exists():
         fd = open_pinned(pin_dir, "ct_config")
         try:
-            version = configmap.version_in(configmap.read_any_layout(fd))
+            raw_config = configmap.read_any_layout(fd)
+            version = configmap.version_in(raw_config)
         finally:
             os.close(fd)
     entries, live, ids, sizes = {}, {}, set(), {}
@@ -167,10 +169,14 @@ def inspect(pin_dir: Path) -> PinnedState | None:
         entries[name] = count
         sizes[name] = info.max_entries
         live[name] = _count_live(values, count, info.value_size, now, version)
-    # Up to layout 3 each table had max entries; since, max is both together.
-    total = sizes["ct_new"] + sizes["ct_assured"] if version >= 4 else info.max_entries
+    # Up to layout 3 each table had max entries; since, ct_config says max
+    # (ct_assured may be smaller: it grows).
+    total = info.max_entries
+    if version >= 4:
+        total = configmap.max_in(raw_config) or sizes["ct_new"] + sizes["ct_assured"]
     return PinnedState(version, total, info.key_size, info.value_size, entries, live,
-                       frozenset(ids), sizes["ct_new"] if version >= 4 else None)
+                       frozenset(ids), sizes["ct_new"] if version >= 4 else None,
+                       sizes["ct_assured"] if version >= 4 else None)
 
 
 def _count_live(values: bytes, count: int, value_size: int, now: int, version: int) -> int:

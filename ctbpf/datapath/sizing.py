@@ -3,10 +3,15 @@
 `max` keeps the kernel's meaning (nf_conntrack_max): the flows tracked in
 all, ASSURED or not. `new_max` is the part of it that unassured flows may
 hold: ct_new, the LRU pool that a flood of new flows churns. The rest,
-`max - new_max`, is ct_assured, a hash that nothing evicts and whose
-memory follows the flows it holds (BPF_F_NO_PREALLOC). An LRU hash is
-always preallocated, so ct_new's size is memory spent whether flows come or
-not: it is sized apart, and smaller by default.
+`max - new_max`, is what ct_assured may hold, a hash that nothing evicts
+and whose elements are allocated as flows come (BPF_F_NO_PREALLOC). Its
+bucket array, 16 bytes for each of max_entries rounded up to a power of
+two, is allocated whole when the map is made, so ct_assured is made for the
+flows it holds and grown (ctbpf/agent/growth.py: four times larger when it
+is three quarters full, by the live rebuild) up to `max - new_max`. An LRU
+hash is always preallocated, so ct_new's size is memory spent whether flows
+come or not: it is sized apart, and smaller by default. ct_acct, the
+counters, and the rings follow what the two tables can hold now.
 
 The default new_max is max/16, at least NEW_FLOOR and at most max/2. A
 SYN flood of any rate then churns a sixteenth of the table while the
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 
 #: The smallest default ct_new.
 NEW_FLOOR = 1024
+#: ct_assured's first size, and how it grows: x4 when three quarters full.
+ASSURED_START, GROWTH, GROW_AT = 16384, 4, 0.75
 #: Entries of the expiry index's ring per tracked flow (1/16: a burst of new
 #: flows as large as a sixteenth of the table between two sweeper reads; a
 #: burst larger still loses records, counted, and the sweeper then walks the
@@ -56,29 +63,64 @@ def _ring(records: float, record: int, top: int) -> int:
 class Sizes:
     """The sizes of one datapath's maps (entries, or bytes for the rings)."""
 
-    max_entries: int          # conntrack_max: ct_assured + ct_new
+    max_entries: int          # conntrack_max: what ct_assured may grow to + ct_new
     new_max: int              # ct_new
+    assured: int              # ct_assured now
 
     @property
-    def assured(self) -> int:
+    def assured_max(self) -> int:
         return self.max_entries - self.new_max
 
     @property
+    def holds(self) -> int:
+        """The flows both tables hold now."""
+        return self.assured + self.new_max
+
+    @property
+    def acct(self) -> int:
+        return self.holds
+
+    @property
     def timers_bytes(self) -> int:
-        return _ring(self.max_entries * TIMERS_PER_FLOW, TIMER_RECORD, TIMERS_MAX)
+        return _ring(self.holds * TIMERS_PER_FLOW, TIMER_RECORD, TIMERS_MAX)
 
     @property
     def events_bytes(self) -> int:
-        return _ring(self.max_entries * EVENTS_PER_FLOW, EVENT_RECORD, EVENTS_MAX)
+        return _ring(self.holds * EVENTS_PER_FLOW, EVENT_RECORD, EVENTS_MAX)
+
+    def grown(self) -> "Sizes | None":
+        """The next size of ct_assured, None when it is at max already."""
+        if self.assured >= self.assured_max:
+            return None
+        return Sizes(self.max_entries, self.new_max,
+                     min(self.assured * GROWTH, self.assured_max))
+
+    def should_grow(self, assured_count: int) -> bool:
+        return self.assured < self.assured_max and assured_count > self.assured * GROW_AT
 
 
-def sizes(max_entries: int, new_max: int | None = None) -> Sizes:
-    """The sizes for `max` and `new_max` (None: the default for that max).
+def assured_for(assured_max: int, live: int = 0) -> int:
+    """ct_assured's size for `live` ASSURED flows: ASSURED_START grown until
+    they fill less than three quarters of it, at most assured_max."""
+    cap = ASSURED_START
+    while cap < assured_max and live > cap * GROW_AT:
+        cap *= GROWTH
+    return min(cap, assured_max)
+
+
+def sizes(max_entries: int, new_max: int | None = None, assured: int | None = None,
+          live: int = 0) -> Sizes:
+    """The sizes for `max` and `new_max` (None: the default for that max),
+    with ct_assured `assured` large (None: sized for `live` ASSURED flows).
     Raises ValueError when new_max does not leave both tables a flow."""
     nm = default_new_max(max_entries) if new_max is None else int(new_max)
     if not 1 <= nm < max_entries:
         raise ValueError(f"new_max {nm} must be at least 1 and below max {max_entries}")
-    return Sizes(max_entries, nm)
+    cap = assured_for(max_entries - nm, live) if assured is None else int(assured)
+    if not 1 <= cap <= max_entries - nm:
+        raise ValueError(f"ct_assured of {cap} entries does not fit max {max_entries} "
+                         f"with new_max {nm}")
+    return Sizes(max_entries, nm, cap)
 
 
 def at_least(assured: int, new: int) -> int:
@@ -86,6 +128,6 @@ def at_least(assured: int, new: int) -> int:
     n = max(assured + new, 2 * new, 16)
     while True:
         sz = sizes(n)
-        if sz.assured >= assured and sz.new_max >= new:
+        if sz.assured_max >= assured and sz.new_max >= new:
             return n
         n += max(1, n // 64)

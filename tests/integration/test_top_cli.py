@@ -7,6 +7,8 @@ import re
 import subprocess
 import time
 
+from ctbpf.datapath import sizing
+
 UDP_PORT = 7461
 UDP_BIND = 47461
 TCP_PORT = 7462
@@ -70,7 +72,9 @@ def test_top_shows_entries_rates_and_talkers(lab, tracker):
     # more on a loaded machine.
     over = re.search(r"\(rates over (\d+\.\d)s\)", frame[0])
     assert frame[0].startswith("ctbpf top - ") and over and 0.5 <= float(over[1]) < 5, text
-    entries = re.search(r"^Entries: (\d+) total; assured (\d+)/61440 .*, new (\d+)/4096",
+    sz = sizing.sizes(65536)
+    entries = re.search(rf"^Entries: (\d+) total; assured (\d+)/{sz.assured} .*, "
+                        rf"new (\d+)/{sz.new_max}",
                         text, re.M)
     assert entries and int(entries[1]) >= 2 and int(entries[2]) >= 1, text
     est = re.search(r"^Packets/s: .*\bestablished ([0-9.]+)([KMGT]?)\b", text, re.M)

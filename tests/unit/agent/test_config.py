@@ -12,7 +12,7 @@ from ctbpf import abi, tunables
 from ctbpf.agent import configfile, reloader, tuning
 from ctbpf.agent.configfile import ConfigErrors, parse_assignments, parse_text, parse_value
 from ctbpf.cli import configview, main as cli
-from ctbpf.datapath import loader
+from ctbpf.datapath import loader, sizing
 from ctbpf.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -353,6 +353,9 @@ def test_the_deployed_file_is_valid_and_changes_nothing():
 def _fake_datapath(monkeypatch, values, max_entries=65536, status=None, path=None, text=""):
     monkeypatch.setattr(configview, "read_values", lambda pin_dir: dict(tunables.defaults(), **values))
     monkeypatch.setattr(configview, "read_max", lambda pin_dir: max_entries)
+    monkeypatch.setattr(configview, "table_sizes", lambda pin_dir: (
+        sizing.default_new_max(max_entries),
+        min(sizing.ASSURED_START, max_entries - sizing.default_new_max(max_entries))))
     if path is not None:
         path.write_text(text)
         status = dict(status or {}, config=str(path), pid=123,
@@ -372,7 +375,9 @@ def test_sources_without_a_file(monkeypatch):
     assert s["udp_timeout"] == (30, "default")
     assert s["max"] == (65536, "default") and s["buckets"] == (8192, "default")
     assert desc["config_file"] is None and desc["note"] is None
-    assert [r["name"] for r in desc["tunables"]] == list(tunables.ALL_BY_NAME)
+    assert [r["name"] for r in desc["tunables"]] == [*tunables.ALL_BY_NAME, "new_max",
+                                                     "assured_size"]
+    assert s["new_max"] == (4096, "default") and s["assured_size"] == (16384, "default")
     out = configview.text(desc)
     assert out.splitlines()[0].split() == ["NAME", "VALUE", "DEFAULT", "SOURCE"]
     assert out.splitlines()[-1] == "config file: none"
