@@ -362,9 +362,10 @@ def _delete(fd: int, keys: np.ndarray, key_size: int, chunk: int = 1 << 16) -> N
 class Ctbpf:
     """One load of the datapath for one max."""
 
-    def __init__(self, max_entries: int, new_max: int | None) -> None:
+    def __init__(self, max_entries: int, new_max: int | None, assured_flows: int = 0) -> None:
         self.max_entries = max_entries
         self.new_max = new_max
+        self.assured_flows = assured_flows
         self.pin_dir = BPFFS / f"ctbpf-bench-mem-{secrets.token_hex(4)}"
         self.dp = None
         self.ncpus = bpfsys.possible_cpus()
@@ -375,6 +376,12 @@ class Ctbpf:
         kw = {"max_entries": self.max_entries}
         if self.new_max is not None:
             kw["new_max"] = self.new_max
+        if "assured" in inspect.signature(Datapath).parameters:
+            # ct_assured as large as the daemon grows it for these flows
+            # (ctbpf/agent/growth.py), not conntrack_max from the start
+            from ctbpf.datapath import sizing  # noqa: PLC0415
+            kw["assured"] = sizing.sizes(self.max_entries, self.new_max,
+                                         live=self.assured_flows).assured
         self.dp = Datapath(self.pin_dir, **kw).load()
         self.ids = set(held_map_fds()) - before
         return self
@@ -442,8 +449,8 @@ def load_for(cfg: Config, new_max: int | None) -> tuple[Ctbpf, str]:
     if not has_new_max():
         return Ctbpf(cfg.max, None).load(), "the loader has no new_max: ct_new is max"
     if new_max is not None:
-        return Ctbpf(cfg.max, new_max).load(), "--memory-new-max"
-    c = Ctbpf(cfg.max, None).load()
+        return Ctbpf(cfg.max, new_max, cfg.assured).load(), "--memory-new-max"
+    c = Ctbpf(cfg.max, None, cfg.assured).load()
     try:
         size = c.table("ct_new")["max_entries"]
     except BaseException:
@@ -452,7 +459,7 @@ def load_for(cfg: Config, new_max: int | None) -> tuple[Ctbpf, str]:
     if size >= cfg.unassured:
         return c, "the loader's default"
     c.close()
-    return (Ctbpf(cfg.max, cfg.unassured).load(),
+    return (Ctbpf(cfg.max, cfg.unassured, cfg.assured).load(),
             f"the unassured half (the loader's default, {size:,}, holds fewer)")
 
 

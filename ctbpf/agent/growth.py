@@ -4,12 +4,12 @@ ct_assured's elements are allocated as flows come, but its bucket array is
 allocated whole for its max_entries (16 bytes each, rounded up to a power of
 two): a table made for conntrack_max from the start would spend 16 MiB at a
 million whatever it holds. So it is made small (ctbpf/datapath/sizing.py)
-and, when three quarters full, rebuilt four times larger by the live rebuild
+and, when seven eighths full, rebuilt four times larger by the live rebuild
 that `ctbpf set max=N` uses (ctbpf/agent/rebuild.py: every entry and
 counter kept, the programs swapped, tracking never stopped), up to max
 minus new_max. Between a table's filling and its growth, a flow that
 becomes ASSURED and finds no room stays tracked in ct_new, counted as
-insert_failed; growing at three quarters leaves room for the few seconds a
+insert_failed; growing at seven eighths leaves room (2,000 flows at the first size) for the few seconds a
 growth takes.
 """
 

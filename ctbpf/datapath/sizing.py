@@ -8,7 +8,7 @@ and whose elements are allocated as flows come (BPF_F_NO_PREALLOC). Its
 bucket array, 16 bytes for each of max_entries rounded up to a power of
 two, is allocated whole when the map is made, so ct_assured is made for the
 flows it holds and grown (ctbpf/agent/growth.py: four times larger when it
-is three quarters full, by the live rebuild) up to `max - new_max`. An LRU
+is seven eighths full, by the live rebuild) up to `max - new_max`. An LRU
 hash is always preallocated, so ct_new's size is memory spent whether flows
 come or not: it is sized apart, and smaller by default. ct_acct, the
 counters, and the rings follow what the two tables can hold now.
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 #: The smallest default ct_new.
 NEW_FLOOR = 1024
-#: ct_assured's first size, and how it grows: x4 when three quarters full.
-ASSURED_START, GROWTH, GROW_AT = 16384, 4, 0.75
+#: ct_assured's first size, and how it grows: x4 when seven eighths full.
+ASSURED_START, GROWTH, GROW_AT = 16384, 4, 0.875
 #: Entries of the expiry index's ring per tracked flow (1/16: a burst of new
 #: flows as large as a sixteenth of the table between two sweeper reads; a
 #: burst larger still loses records, counted, and the sweeper then walks the
@@ -101,7 +101,7 @@ class Sizes:
 
 def assured_for(assured_max: int, live: int = 0) -> int:
     """ct_assured's size for `live` ASSURED flows: ASSURED_START grown until
-    they fill less than three quarters of it, at most assured_max."""
+    they fill at most seven eighths of it, at most assured_max."""
     cap = ASSURED_START
     while cap < assured_max and live > cap * GROW_AT:
         cap *= GROWTH

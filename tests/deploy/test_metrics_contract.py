@@ -29,7 +29,7 @@ def _raw_table(entries: list[tuple[int, int]]) -> tuple[bytes, bytes, int]:
         key.proto = proto
         key.family = 2
         entry.state = state
-        entry.expires_ns = time.monotonic_ns() + 3600 * 10**9
+        entry.expires = abi.ticks(time.monotonic_ns() + 3600 * 10**9)
         keys += bytes(key)
         values += bytes(entry)
     return bytes(keys), bytes(values), len(entries)

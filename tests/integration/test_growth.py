@@ -56,7 +56,7 @@ def assured_keys(pin_dir: Path) -> set[bytes]:
     return {bytes(keys[i * size:(i + 1) * size]) for i in range(count)}
 
 
-def test_ct_assured_grows_when_three_quarters_full(lab, pin_dir, start_tracker):
+def test_ct_assured_grows_when_seven_eighths_full(lab, pin_dir, start_tracker):
     first = sizing.sizes(MAX)
     assert first.assured == sizing.ASSURED_START < first.assured_max
     tr = start_tracker(pin_dir, extra=["--max", str(MAX)])

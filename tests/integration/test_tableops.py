@@ -211,7 +211,7 @@ def test_batch_delete_resumes_after_a_vanished_key_and_follows_moved_flows(share
         def put(table, sport):
             key, _ = key_from_tuple("198.51.100.1", "198.51.100.2", 17, sport, 53)
             entry = abi.CtEntry()
-            entry.expires_ns = time.monotonic_ns() + 600 * 10**9
+            entry.expires = abi.ticks(time.monotonic_ns() + 600 * 10**9)
             entry.flags = abi.const("CT_F_SEEN_REPLY")
             bpfsys.update(fds[table], key, entry)
             return key

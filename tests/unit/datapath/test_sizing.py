@@ -21,16 +21,17 @@ def test_assured_starts_small_and_grows_four_times_up_to_what_max_leaves():
     assert seen == [16384, 65536, 262144, (1 << 20) - 65536]
 
 
-def test_growth_at_three_quarters_and_never_past_max():
+def test_growth_at_seven_eighths_and_never_past_max():
     sz = sizing.sizes(65536)
-    assert not sz.should_grow(12288) and sz.should_grow(12289)
+    assert not sz.should_grow(14336) and sz.should_grow(14337)
     full = sizing.sizes(65536, assured=65536 - 4096)
     assert full.grown() is None and not full.should_grow(10**9)
 
 
 def test_a_rebuild_sizes_assured_for_the_flows_it_carries():
     assert sizing.sizes(1 << 20, live=0).assured == 16384
-    assert sizing.sizes(1 << 20, live=12289).assured == 65536
+    assert sizing.sizes(1 << 20, live=14336).assured == 16384
+    assert sizing.sizes(1 << 20, live=14337).assured == 65536
     assert sizing.sizes(1 << 20, live=900_000).assured == (1 << 20) - 65536
 
 
