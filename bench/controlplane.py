@@ -238,7 +238,10 @@ class CtbpfTable:
 
     def setup(self) -> dict:
         t0 = time.perf_counter()
-        dp = Datapath(self.pin_dir, max_entries=self.table_size).load()
+        # each table table_size entries, as before max became both
+        # tables' total: ct_assured at its full size, not grown on the way
+        dp = Datapath(self.pin_dir, max_entries=2 * self.table_size, new_max=self.table_size,
+                       assured=self.table_size).load()
         dp.close()   # detaches nothing (nothing attached); the maps stay pinned
         load_s = time.perf_counter() - t0
         t0 = time.perf_counter()

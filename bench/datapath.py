@@ -539,7 +539,10 @@ class Tracker:
         self.events = 0
         self.timers = None
         try:
-            self.dp = Datapath(self.pin_dir, max_entries=entries).load()
+            # each table `entries` large, as before max became both
+            # tables' total: ct_assured at its full size, not grown on the way
+            self.dp = Datapath(self.pin_dir, max_entries=2 * entries, new_max=entries,
+                           assured=entries).load()
             self.dp.open_events(self._on_event)
             self.fd = self.dp.prog_fd()
             self.map_fd = {name: bpfsys.obj_get(str(self.pin_dir / name))

@@ -219,7 +219,10 @@ class _Bench:
     def setup(self) -> dict:
         a = self.args
         t0 = time.perf_counter()
-        self.dp = Datapath(self.pin_dir, max_entries=a.sweep_table_size).load()
+        # each table sweep_table_size entries, as before max became both
+        # tables' total: ct_assured at its full size, not grown on the way
+        size = a.sweep_table_size
+        self.dp = Datapath(self.pin_dir, max_entries=2 * size, new_max=size, assured=size).load()
         self.dp.open_events(self._on_event)
         load_s = time.perf_counter() - t0
         self.expired = round(a.sweep_entries * a.sweep_expired)
