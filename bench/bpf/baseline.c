@@ -180,9 +180,13 @@ int bench_acct(struct xdp_md *ctx)
 		bench_count(BENCH_MISS);
 		return XDP_PASS;
 	}
-	e->expires_ns = bpf_ktime_get_ns() + 432000ULL * 1000000000ULL;
-	__sync_fetch_and_add(&e->packets[0], 1);
-	__sync_fetch_and_add(&e->bytes[0], end - data);
+	/* a refresh as the datapath's: the expiry tick, stored when it moves */
+	{
+		__u32 x = ((bpf_ktime_get_coarse_ns() + 432000ULL * 1000000000ULL) >> CT_TICK_SHIFT) + 1;
+
+		if (e->expires != x)
+			e->expires = x;
+	}
 	bench_count(BENCH_ACCT_HIT);
 	return XDP_PASS;
 }
@@ -191,14 +195,14 @@ int bench_insert(struct xdp_md *ctx)
 {
 	struct ct_key key = {};
 	struct ct_entry e = {};
+	__u64 now = bpf_ktime_get_coarse_ns();
 
 	if (bench_key((void *)(long)ctx->data, (void *)(long)ctx->data_end, &key)) {
 		bench_count(BENCH_UNPARSED);
 		return XDP_PASS;
 	}
-	e.created_ns = bpf_ktime_get_ns();
-	e.expires_ns = e.created_ns + 120ULL * 1000000000ULL;
-	e.packets[0] = 1;
+	e.created = now >> CT_TICK_SHIFT;
+	e.expires = ((now + 120ULL * 1000000000ULL) >> CT_TICK_SHIFT) + 1;
 	bench_count(bench_lru.update(&key, &e) == 0 ? BENCH_INSERT : BENCH_INSERT_FAILED);
 	return XDP_PASS;
 }

@@ -130,6 +130,7 @@ class SweepStats:
     intake_total: int = 0         # ring records filed in the index
     intake_cpu: float = 0.0       # CPU seconds spent reading the ring, in total
     timer_lost_seen: int = 0      # CT_STAT_TIMER_LOST when last looked at
+    acct_orphans_total: int = 0   # counter records of flows ct_new's LRU evicted, removed
     # histogram of pass durations: counts per DURATION_BUCKETS bound (+Inf last)
     duration_counts: list = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0

@@ -56,7 +56,7 @@ from ctbpf import abi
 from ctbpf.agent.expiry import ExpiryIndex, TIMER_SIZE
 from ctbpf.agent.sweepcore import (ENTRY_SIZE, EXPIRES_OFFSET, KEY_SIZE, SweepStats, TABLES,
                                    check_intervals, expired_indices, gather_keys, next_interval)
-from ctbpf.datapath import bpfsys, stats as ct_stats
+from ctbpf.datapath import acctorphans, bpfsys, stats as ct_stats
 from ctbpf.datapath.ringbuf import RingReader, record_size
 from ctbpf.errors import CtbpfError, UsageError
 
@@ -501,6 +501,10 @@ class Sweeper:
             if p.kind == "seed":
                 s.seeds += 1
             self._next_walk = time.monotonic() + self.walk_interval
+            try:
+                s.acct_orphans_total += acctorphans.remove_orphans(self._owner.pin_dir)
+            except OSError as e:
+                log.warning("removing counter records of evicted flows failed: %s", e)
         s.index_keys = self.index.keys
         s.last_scanned, s.last_expired, s.last_deleted = p.scanned, p.expired, p.deleted
         s.last_duration, s.last_cpu, s.last_max_slice = p.busy, p.cpu, p.max_slice
