@@ -365,10 +365,17 @@ class Rebuild:
         """Swap every hook of the old tables to the new programs, carry over
         what changed meanwhile, pin the new maps at pin_dir. Returns the new
         Datapath (its attachments list is empty: hooks are in the report)."""
+        # The hooks are swapped one interface at a time: for those moments
+        # one direction of a flow goes to the new tables and the other to
+        # the old ones, whose program would find the peer's ack of data it
+        # never saw out of window (INVALID, dropped when enforcing). The old
+        # tables are liberal until they are let go; the new ones are not.
+        was = configmap.make_liberal(self._old[configmap.MAP])
         try:
             hooks = find_hooks(self._old_ids)
             self.report.hooks = swap_hooks(hooks, self.dp)
         except BaseException:
+            configmap.restore(self._old[configmap.MAP], was)
             self.abort()
             raise
         # From here the new programs run: no way back, only forward.

@@ -167,3 +167,23 @@ def set_resync_hold(fd: int, on: bool) -> None:
     bpfsys.lookup(fd, ctypes.c_uint32(0), cfg)
     cfg.value[RESYNC_HOLD_SLOT] = int(on)
     bpfsys.update(fd, ctypes.c_uint32(0), cfg)
+
+
+LIBERAL_SLOT = abi.const("CT_CFG_TCP_BE_LIBERAL")   # the same slot in every layout so far
+
+
+def make_liberal(fd: int) -> bytes:
+    """tcp_be_liberal=1 in an open ct_config of any layout (a rebuild's old
+    tables, while their programs are swapped one interface at a time);
+    returns the value it had, for restore()."""
+    raw = read_any_layout(fd)
+    if len(raw) >= (LIBERAL_SLOT + 1) * 8:
+        new = bytearray(raw)
+        new[LIBERAL_SLOT * 8:LIBERAL_SLOT * 8 + 8] = (1).to_bytes(8, sys.byteorder)
+        bpfsys.update(fd, ctypes.c_uint32(0), ctypes.create_string_buffer(bytes(new), len(new)))
+    return raw
+
+
+def restore(fd: int, raw: bytes) -> None:
+    """Write back a ct_config value make_liberal() returned."""
+    bpfsys.update(fd, ctypes.c_uint32(0), ctypes.create_string_buffer(raw, len(raw)))

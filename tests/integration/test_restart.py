@@ -641,6 +641,7 @@ def test_layout_3_pins_of_the_previous_build_migrate(lab, pin_dir, layout_3_buil
 
     tr2 = start_tracker(pin_dir)
     assert layout_version(pin_dir) == abi.LAYOUT_VERSION
+    at_start = tr2.stats()["invalid"]
     after = conns.flows(tr2.list_json())
     assert set(after) == set(before) == conns.ports
     for port, f in after.items():
@@ -655,7 +656,8 @@ def test_layout_3_pins_of_the_previous_build_migrate(lab, pin_dir, layout_3_buil
     stats = tr2.stats()
     new_invalid = {r: n - old_invalid.get(r, 0) for r, n in stats["invalid"].items()
                    if n != old_invalid.get(r, 0)}
-    assert not new_invalid, (new_invalid, old_invalid)
+    assert not new_invalid, (new_invalid, {r: n for r, n in at_start.items() if n},
+                             {r: n for r, n in old_invalid.items() if n})
     tr2.stop(signal.SIGINT)
     m = re.search(r"migrated (\d+) entries of the pinned maps from layout version 3 ", tr2.stderr)
     assert m and int(m.group(1)) >= len(conns.ports), tr2.stderr
