@@ -184,41 +184,11 @@ def timed_command(cmd: list[str], timeout: float, stderr=subprocess.DEVNULL) -> 
     return {"wall": wall, "cpu": _cpu_s(ru)}
 
 
-def _run(cmd: list[str], timeout: float = 30.0, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip() or r.returncode}")
-    return r
-
-
 def _ctbpf_cmd() -> list[str]:
     venv = ROOT / ".venv" / "bin" / "ctbpf"
     if venv.exists():
         return [str(venv)]
     return [sys.executable, "-c", "import sys; from ctbpf.main import main; sys.exit(main())"]
-
-
-def _count_in_stream(cmd: list[str], needle: bytes, timeout: float) -> int:
-    """How many times needle appears in cmd's stdout (read in chunks)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                         stdin=subprocess.DEVNULL)
-    timer = threading.Timer(timeout, p.kill)
-    timer.start()
-    count, tail = 0, b""
-    try:
-        while chunk := p.stdout.read(1 << 20):
-            buf = tail + chunk
-            count += buf.count(needle)
-            # keep the bytes that could start a needle cut by the chunk edge
-            tail = buf[-(len(needle) - 1):] if len(needle) > 1 else b""
-            count -= tail.count(needle)
-        p.wait()
-    finally:
-        timer.cancel()
-        p.stdout.close()
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: exit status {p.returncode}")
-    return count
 
 
 # --------------------------------------------------------------------------
@@ -379,12 +349,13 @@ class Exporter:
         self.made = False
 
     def start(self) -> dict:
-        _run(["ip", "netns", "add", self.ns])
+        kerneltable.run_cmd(["ip", "netns", "add", self.ns])
         self.made = True
-        _run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", self.ns, "link", "add", "cbm0", "type", "veth", "peer", "name", "cbm1"])
+        kerneltable.run_cmd(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        kerneltable.run_cmd(["ip", "-n", self.ns, "link", "add", "cbm0", "type", "veth", "peer",
+                             "name", "cbm1"])
         for ifname in ("cbm0", "cbm1"):
-            _run(["ip", "-n", self.ns, "link", "set", ifname, "up"])
+            kerneltable.run_cmd(["ip", "-n", self.ns, "link", "set", ifname, "up"])
         t0 = time.perf_counter()
         log = self.log_path.open("w")
         self.proc = subprocess.Popen(
@@ -404,7 +375,7 @@ class Exporter:
         return {"start_s": round(time.perf_counter() - t0, 3)}
 
     def scrape(self, count: int) -> list[dict]:
-        r = _run(["ip", "netns", "exec", self.ns, sys.executable, "-c", _SCRAPER,
+        r = kerneltable.run_cmd(["ip", "netns", "exec", self.ns, sys.executable, "-c", _SCRAPER,
                   str(METRICS_PORT), str(count)], timeout=self.timeout)
         return json.loads(r.stdout)
 
@@ -502,11 +473,11 @@ def run(args) -> dict:
 def _list_figures(ours: CtbpfTable, kernel: kerneltable.KernelTable | None, count: int, runs: int,
                   timeout: float) -> dict:
     # one untimed run of each: every flow printed, caches warm
-    shown = _count_in_stream(ours.list_cmd("json"), b'"protonum"', timeout)
+    shown = kerneltable.count_in_stream(ours.list_cmd("json"), b'"protonum"', timeout)
     if shown != count:
         raise RuntimeError(f"ctbpf list -o json printed {shown} flows, not {count}")
     if kernel is not None:
-        shown = _count_in_stream(kernel.list_cmd(), b"\n", timeout)
+        shown = kerneltable.count_in_stream(kernel.list_cmd(), b"\n", timeout)
         if shown != count:
             raise RuntimeError(f"conntrack -L printed {shown} lines, not {count}")
     out = listbench.list_figures(ours.list_cmd, kernel.list_cmd() if kernel else None, runs,

@@ -164,17 +164,21 @@ def run_cmd(cmd: list[str], timeout: float = 30.0, **kw) -> subprocess.Completed
     return r
 
 
-def count_lines(cmd: list[str], timeout: float) -> int:
-    """Lines of cmd's stdout, read in chunks (a listing of a million flows
-    need not sit in memory)."""
+def count_in_stream(cmd: list[str], needle: bytes, timeout: float) -> int:
+    """How many times needle appears in cmd's stdout, read in chunks (a
+    listing of a million flows need not sit in memory)."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                          stdin=subprocess.DEVNULL)
     timer = threading.Timer(timeout, p.kill)
     timer.start()
-    count = 0
+    count, tail = 0, b""
     try:
         while chunk := p.stdout.read(1 << 20):
-            count += chunk.count(b"\n")
+            buf = tail + chunk
+            count += buf.count(needle)
+            # keep the bytes that could start a needle cut by the chunk edge
+            tail = buf[-(len(needle) - 1):] if len(needle) > 1 else b""
+            count -= tail.count(needle)
         p.wait()
     finally:
         timer.cancel()
@@ -182,6 +186,11 @@ def count_lines(cmd: list[str], timeout: float) -> int:
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit status {p.returncode}")
     return count
+
+
+def count_lines(cmd: list[str], timeout: float) -> int:
+    """Lines of cmd's stdout."""
+    return count_in_stream(cmd, b"\n", timeout)
 
 
 # --------------------------------------------------------------------------
