@@ -19,10 +19,11 @@ import struct
 from ctbpf import abi
 from ctbpf.datapath import bpfsys
 from ctbpf.datapath.rawmaps import KEY_SIZE, read_table, update_batch
+from ctbpf.datapath.table import ACCT_MAP
 
 log = logging.getLogger(__name__)
 
-MAP = "ct_acct"
+MAP = ACCT_MAP
 SIZE = ctypes.sizeof(abi.CtAcct)
 _U64X4 = struct.Struct("=4Q")
 

@@ -16,31 +16,24 @@ from pathlib import Path
 
 from ctbpf.datapath import bpfsys
 from ctbpf.datapath.rawmaps import KEY_SIZE, TABLES
+from ctbpf.datapath.table import ACCT_MAP, read_raw
 
-ACCT_MAP = "ct_acct"
 
-
-def _keys(pin_dir: Path, name: str) -> tuple[set[bytes], int]:
-    fd = bpfsys.obj_get(str(pin_dir / name))
-    try:
-        info = bpfsys.map_info(fd)
-        keys, _, count = bpfsys.lookup_batch(fd, info.key_size, info.value_size,
-                                             info.max_entries)
-    finally:
-        os.close(fd)
+def _keys(pin_dir: Path, name: str) -> set[bytes]:
+    keys, _, count = read_raw(pin_dir, name)
     mv = memoryview(keys)
-    return {bytes(mv[i * KEY_SIZE:(i + 1) * KEY_SIZE]) for i in range(count)}, count
+    return {bytes(mv[i * KEY_SIZE:(i + 1) * KEY_SIZE]) for i in range(count)}
 
 
 def remove_orphans(pin_dir: Path) -> int:
     """Delete the records of flows in neither table; returns how many."""
     if not (pin_dir / ACCT_MAP).exists():
         return 0
-    records, count = _keys(pin_dir, ACCT_MAP)
-    if not count:
+    records = _keys(pin_dir, ACCT_MAP)
+    if not records:
         return 0
     for name in TABLES:
-        records -= _keys(pin_dir, name)[0]
+        records -= _keys(pin_dir, name)
         if not records:
             return 0
     fd = bpfsys.obj_get(str(pin_dir / ACCT_MAP))

@@ -123,12 +123,7 @@ _ACCT = struct.Struct("=QQQQ")
 def read_acct(pin_dir: Path) -> dict[bytes, tuple[int, int, int, int]]:
     """Raw key -> (packets orig, packets reply, bytes orig, bytes reply) of
     every flow with counters (made while acct was on)."""
-    fd = bpfsys.obj_get(str(pin_dir / ACCT_MAP))
-    try:
-        info = bpfsys.map_info(fd)
-        keys, values, count = bpfsys.lookup_batch(fd, KEY_SIZE, _ACCT.size, info.max_entries)
-    finally:
-        os.close(fd)
+    keys, values, count = read_raw(pin_dir, ACCT_MAP)
     kv = memoryview(keys)
     return {bytes(kv[i * KEY_SIZE:(i + 1) * KEY_SIZE]): c
             for i, c in enumerate(_ACCT.iter_unpack(memoryview(values)[:count * _ACCT.size]))}

@@ -24,14 +24,13 @@ import numpy as np
 
 from ctbpf import abi
 from ctbpf.datapath import bpfsys
-from ctbpf.datapath.table import (F_ASSURED, F_ORIG_IS_HI, F_SEEN_REPLY, FAMILY_IPV4,
-                                  ICMP_REPLY, ICMPV6_REPLY, TABLES, Flow, Tuple, _new)
+from ctbpf.datapath.table import (ACCT_MAP, F_ACCT, F_ASSURED, F_ORIG_IS_HI, F_SEEN_REPLY,
+                                  FAMILY_IPV4, ICMP_REPLY, ICMPV6_REPLY, TABLES, Flow, Tuple,
+                                  _new, read_raw)
 
 KEY_DTYPE = np.dtype(abi.CtKey)
 ENTRY_DTYPE = np.dtype(abi.CtEntry)
 ACCT_DTYPE = np.dtype(abi.CtAcct)
-ACCT_MAP = "ct_acct"
-F_ACCT = abi.const("CT_F_ACCT")
 NS = 1_000_000_000
 FIRST_CHUNK = 2048     # small, so the first line is out before the bulk is read
 CHUNK = 65536          # then big: a batch syscall and numpy call per 64k flows
@@ -88,13 +87,7 @@ def acct_counters(pin_dir: Path) -> CounterSource:
     """The counters in ct_acct (the flows made while acct was on: CT_F_ACCT),
     read once and joined to each chunk by key. What is held is what the map
     holds, 72 bytes a record, and nothing when acct is off."""
-    fd = bpfsys.obj_get(str(pin_dir / ACCT_MAP))
-    try:
-        info = bpfsys.map_info(fd)
-        raw_keys, raw_values, count = bpfsys.lookup_batch(fd, info.key_size, info.value_size,
-                                                          info.max_entries)
-    finally:
-        os.close(fd)
+    raw_keys, raw_values, count = read_raw(pin_dir, ACCT_MAP)
     if count == 0:
         return lambda keys, entries: None
     # Fixed-width byte strings order and compare as the raw keys do (all
