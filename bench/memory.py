@@ -23,7 +23,6 @@ object per entry, any extension kmalloc, and 8 bytes per bucket.
 from __future__ import annotations
 
 import ctypes
-import inspect
 import json
 import os
 import secrets
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ctbpf import abi
-from ctbpf.datapath import bpfsys
+from ctbpf.datapath import bpfsys, sizing
 from ctbpf.datapath.flowkey import key_from_tuple
 from ctbpf.datapath.loader import Datapath
 
@@ -91,10 +90,10 @@ share written from each CPU in turn, since LRU free lists are per CPU). The
 figure is the kernel's own `map_mem_usage` of *every* map the datapath has,
 pinned or held only by its programs (the `memlock` line of
 `/proc/self/fdinfo`, which must equal `bpftool map show --json`
-`bytes_memlock`), divided by the flows present. When the loader takes
-`new_max`, ct_new keeps the loader's default size if that holds the
-unassured half, and is otherwise sized to hold exactly that half (the table
-says which). An LRU filled to its size may lose up to 128 entries per CPU
+`bytes_memlock`), divided by the flows present. ct_new keeps the loader's
+default size (new_max) if that holds the unassured half, and is otherwise
+sized to hold exactly that half (the table says which); ct_assured has the
+size the daemon grows it to for the ASSURED half (ctbpf/agent/growth.py). An LRU filled to its size may lose up to 128 entries per CPU
 to its per-CPU free lists: the flows present are counted, not assumed.
 
 *nf_conntrack*: the same tuples made by real packets (trafgen over a veth
@@ -182,8 +181,8 @@ def add_arguments(g) -> None:
     g.add_argument("--memory-idle-max", type=int, default=DEFAULT_IDLE_MAX, metavar="N",
                    help="max of the idle tracker (default 1048576; 0: none)")
     g.add_argument("--memory-new-max", type=int, default=None, metavar="N",
-                   help="ct_new's size when the loader takes new_max (default: the loader's, "
-                        "or the unassured half when that is bigger)")
+                   help="ct_new's size (default: the loader's, or the unassured half when "
+                        "that is bigger)")
     g.add_argument("--memory-runs", type=int, default=common.MIN_RUNS, metavar="N",
                    help=f"ctbpf fills per configuration and family (default {common.MIN_RUNS})")
     g.add_argument("--memory-kernel-runs", type=int, default=KERNEL_RUNS, metavar="N",
@@ -373,16 +372,11 @@ class Ctbpf:
 
     def load(self) -> "Ctbpf":
         before = set(held_map_fds())
-        kw = {"max_entries": self.max_entries}
-        if self.new_max is not None:
-            kw["new_max"] = self.new_max
-        if "assured" in inspect.signature(Datapath).parameters:
-            # ct_assured as large as the daemon grows it for these flows
-            # (ctbpf/agent/growth.py), not conntrack_max from the start
-            from ctbpf.datapath import sizing  # noqa: PLC0415
-            kw["assured"] = sizing.sizes(self.max_entries, self.new_max,
-                                         live=self.assured_flows).assured
-        self.dp = Datapath(self.pin_dir, **kw).load()
+        # ct_assured as large as the daemon grows it for these flows
+        # (ctbpf/agent/growth.py), not conntrack_max from the start
+        assured = sizing.sizes(self.max_entries, self.new_max, live=self.assured_flows).assured
+        self.dp = Datapath(self.pin_dir, self.max_entries, new_max=self.new_max,
+                           assured=assured).load()
         self.ids = set(held_map_fds()) - before
         return self
 
@@ -439,15 +433,9 @@ class Ctbpf:
             remove_private_dir(self.pin_dir)
 
 
-def has_new_max() -> bool:
-    return "new_max" in inspect.signature(Datapath).parameters
-
-
 def load_for(cfg: Config, new_max: int | None) -> tuple[Ctbpf, str]:
     """The datapath at cfg.max, ct_new big enough for cfg's unassured half:
     (loaded tables, how ct_new got its size)."""
-    if not has_new_max():
-        return Ctbpf(cfg.max, None).load(), "the loader has no new_max: ct_new is max"
     if new_max is not None:
         return Ctbpf(cfg.max, new_max, cfg.assured).load(), "--memory-new-max"
     c = Ctbpf(cfg.max, None, cfg.assured).load()
@@ -602,7 +590,6 @@ def _results(per: list[dict], host: dict, buckets_per_max: float) -> dict:
     plots = [common.plot_bars("memory-per-flow", "Kernel memory per tracked flow",
                               "bytes per flow", groups)] if groups else []
     return {"host_limits": host, "buckets_per_max": buckets_per_max,
-            "ctbpf_has_new_max": has_new_max(),
             "sizes": {"ct_key": ctypes.sizeof(abi.CtKey),
                       "ct_entry": ctypes.sizeof(abi.CtEntry)},
             "configs": per, "targets": targets, "plots": plots, "notes": NOTES}
