@@ -142,6 +142,7 @@ enum ct_stat {
 	CT_STAT_DROP = 20,          /* packets dropped by the policy (enforce mode) */
 	CT_STAT_DROP_TABLE_FULL = 21, /* NEW packets dropped: no room for their entry (enforce) */
 	CT_STAT_NO_TRACKER = 22,    /* frames passed untracked: the tracker program's slot was empty */
+	CT_STAT_ACCT_LOST = 23,     /* flows made while acct was on that ct_acct had no room for */
 	CT_STAT_INVALID_BASE = 32,
 	CT_STAT_MAX = 64,         /* CT_STAT_INVALID_BASE + CT_INV_REASON_MAX */
 };

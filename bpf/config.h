@@ -16,6 +16,10 @@
 #ifndef CT_NEW_MAX
 #define CT_NEW_MAX 4096
 #endif
+/* Records of ct_acct, the per-flow counters, as large as it is now. */
+#ifndef CT_ACCT_MAX
+#define CT_ACCT_MAX 16384
+#endif
 
 /* VLAN tags parsed before giving up: 2 covers 802.1Q and QinQ. */
 #ifndef CT_MAX_VLAN_DEPTH

@@ -35,11 +35,11 @@ static __always_inline __u64 ct_now(void)
 
 /* A new flow's counters, its first packet counted. A record left by an
  * entry that ct_new's LRU evicted (no DESTROY path runs then) is reset. */
-static __always_inline void ct_acct_start(const struct ct_key *key, const struct ct_pkt *pkt)
+static __always_inline int ct_acct_start(const struct ct_key *key, const struct ct_pkt *pkt)
 {
 	struct ct_acct a = { .packets = { 1, 0 }, .bytes = { pkt->l3_len, 0 } };
 
-	ct_acct.update((struct ct_key *)key, &a);
+	return ct_acct.update((struct ct_key *)key, &a);
 }
 
 /* A flow's counters into an event, zero when it has none. */
@@ -261,13 +261,22 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		ne->flags |= CT_F_PICKED_UP;
 	if (ct_track_proto(ne, pkt, CT_DIR_ORIGINAL, cfg, now) == CT_TRACK_INVALID)
 		return ct_invalid(st, pkt->reason);
-	if (cfg->value[CT_CFG_ACCT])
-		ne->flags |= CT_F_ACCT;
 	if (ct_refuse(vc, CT_PKT_NEW, pkt)) {
 		ct_count(st, CT_STAT_PKT_NEW);
 		return CT_PKT_NEW;
 	}
+	/* The counters first: a flow flagged CT_F_ACCT always has its record.
+	 * One that finds ct_acct full (the agent grows it) counts nothing, as
+	 * if made while acct was off, and is counted. */
+	if (cfg->value[CT_CFG_ACCT]) {
+		if (ct_acct_start(key, pkt) == 0)
+			ne->flags |= CT_F_ACCT;
+		else
+			ct_count(st, CT_STAT_ACCT_LOST);
+	}
 	if (ct_new.update(key, ne) != 0) {
+		if (ne->flags & CT_F_ACCT)
+			ct_acct.delete(key);
 		ct_count(st, CT_STAT_INSERT_FAILED);
 		/* The kernel's "table full, dropping packet", in enforce mode. */
 		if (vc->pol && (vc->pol->flags & CT_POL_ENFORCE)) {
@@ -276,8 +285,6 @@ static __always_inline int ct_create(struct ct_key *key, int src_is_hi, struct c
 		}
 	} else {
 		ct_count(st, CT_STAT_INSERT);
-		if (ne->flags & CT_F_ACCT)
-			ct_acct_start(key, pkt);
 		ct_register(key, ne->expires, st);
 		ct_emit(cfg, st, key, ne, CT_EVENT_NEW, CT_DESTROY_NONE);
 	}

@@ -21,9 +21,10 @@ BPF_TABLE_PINNED("hash", struct ct_key, struct ct_entry, ct_assured,
 		 CT_ASSURED_MAX, CT_PIN_DIR "/ct_assured", BPF_F_NO_PREALLOC);
 
 /* Packet and byte counters of the flows made while acct was on
- * (CT_F_ACCT): the kernel's accounting extension, off by default. */
+ * (CT_F_ACCT): the kernel's accounting extension, off by default. Sized
+ * for the records it holds and grown by the agent, as ct_assured is. */
 BPF_TABLE_PINNED("hash", struct ct_key, struct ct_acct, ct_acct,
-		 CT_ASSURED_MAX + CT_NEW_MAX, CT_PIN_DIR "/ct_acct", BPF_F_NO_PREALLOC);
+		 CT_ACCT_MAX, CT_PIN_DIR "/ct_acct", BPF_F_NO_PREALLOC);
 
 /* Live tunables (timeouts, switches), one element read once per packet. */
 BPF_TABLE_PINNED("array", __u32, struct ct_config, ct_config, 1,

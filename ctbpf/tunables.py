@@ -59,7 +59,7 @@ TUNABLES: tuple[Tunable, ...] = (
             "retransmissions before tcp_timeout_max_retrans applies"),
     Tunable("tcp_ignore_invalid_rst", abi.const("CT_CFG_TCP_IGNORE_INVALID_RST"), 0, 0, 1, "bool",
             "accept a RST below the window (0: it is INVALID)"),
-    Tunable("acct", abi.const("CT_CFG_ACCT"), 1, 0, 1, "bool",
+    Tunable("acct", abi.const("CT_CFG_ACCT"), 0, 0, 1, "bool",
             "count packets and bytes per flow, as conntrack -L shows them (0, the kernel's "
             "default, spares every packet two atomic adds on the shared entry)"),
 )
@@ -93,8 +93,11 @@ NEW_MAX = Tunable("new_max", -1, DEFAULT_MAX // 16, 1, MAX_MAX // 2, "entries",
                   "the part of max unassured flows may hold: the pool a flood of new flows "
                   "churns (default max/16, at least 1024, at most max/2)")
 ASSURED_NOW = Tunable("assured_size", -1, DEFAULT_MAX // 4, 1, MAX_MAX, "entries",
-                      "ct_assured's size now: made small, grown four times when three "
-                      "quarters full, up to max - new_max")
+                      "ct_assured's size now: made small, grown four times when seven "
+                      "eighths full, up to max - new_max")
+ACCT_NOW = Tunable("acct_size", -1, 16384, 1, MAX_MAX, "entries",
+                   "ct_acct's size now (the counters of flows made while acct was on): "
+                   "grown as ct_assured, up to what both tables hold")
 ALL_BY_NAME = {t.name: t for t in ALL}
 
 # The spec's NONE row (30 minutes): no entry ever rests in NONE, the value

@@ -1,4 +1,5 @@
-"""Daemon service: ct_assured grows with the flows it holds.
+"""Daemon service: ct_assured grows with the flows it holds, ct_acct with
+the counter records it holds.
 
 ct_assured's elements are allocated as flows come, but its bucket array is
 allocated whole for its max_entries (16 bytes each, rounded up to a power of
@@ -10,7 +11,9 @@ counter kept, the programs swapped, tracking never stopped), up to max
 minus new_max. Between a table's filling and its growth, a flow that
 becomes ASSURED and finds no room stays tracked in ct_new, counted as
 insert_failed; growing at seven eighths leaves room (2,000 flows at the first size) for the few seconds a
-growth takes.
+growth takes. ct_acct is sized and grown the same way, up to what both
+tables hold: with acct off (the default) it holds nothing and stays at its
+first size; a flow made while it is full counts nothing (acct_lost).
 """
 
 from __future__ import annotations
@@ -48,32 +51,36 @@ class GrowthService:
     def run_once(self, now: float) -> None:
         self._due = now + self.interval
         dp = self._daemon.datapath
-        if dp is None or dp.assured is None:
+        if dp is None or dp.assured is None or dp.acct is None:
             return
-        sz = sizing.sizes(dp.max_entries, dp.new_max, dp.assured)
-        nxt = sz.grown()
-        if nxt is None:
+        sz = sizing.sizes(dp.max_entries, dp.new_max, dp.assured, acct=dp.acct)
+        if sz.grown() is None and sz.acct_grown() is None:
             return
         try:
             held = mapmem.pinned_count(self._count, str(dp.pin_dir / "ct_assured"))
+            records = mapmem.pinned_count(self._count, str(dp.pin_dir / "ct_acct"))
         except OSError as e:
-            log.warning("cannot read ct_assured's occupancy: %s", e)
+            log.warning("cannot read the tables' occupancy: %s", e)
             return
-        if not sz.should_grow(held):
+        assured = sz.grown().assured if sz.should_grow(held) else sz.assured
+        acct = sz.acct_grown().acct if sz.acct_should_grow(records) else sz.acct
+        if (assured, acct) == (sz.assured, sz.acct):
             return
         from ctbpf.agent.resize import grow_here  # noqa: PLC0415 - resize imports the daemon's room
 
         try:
-            line = grow_here(dp.pin_dir, dp, nxt.assured)
+            line = grow_here(dp.pin_dir, dp, assured, acct)
         except Exception as e:  # noqa: BLE001 - a failed growth leaves the running tables
             self.failed = str(e)
-            log.error("growing ct_assured to %d entries failed: %s", nxt.assured, e)
+            log.error("growing ct_assured to %d and ct_acct to %d entries failed: %s",
+                      assured, acct, e)
             self._due = now + 30 * self.interval
             return
         self.grown += 1
         self._daemon.status["assured_size"] = dp.assured
-        print(f"ctbpf: ct_assured {held} of {sz.assured} entries: {line}", file=sys.stderr,
-              flush=True)
+        self._daemon.status["acct_size"] = dp.acct
+        print(f"ctbpf: ct_assured {held} of {sz.assured} entries, ct_acct {records} of "
+              f"{sz.acct}: {line}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         pass

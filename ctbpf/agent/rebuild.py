@@ -116,7 +116,8 @@ class Rebuild:
 
     def __init__(self, pin_dir: Path, new_max: int, migration: Migration | None = None,
                  values: dict[str, int] | None = None, own_programs: set[int] = frozenset(),
-                 new_size: int | None = None, assured: int | None = None) -> None:
+                 new_size: int | None = None, assured: int | None = None,
+                 acct: int | None = None) -> None:
         self.pin_dir = pin_dir
         # Programs of the caller's own datapath (loaded, not necessarily
         # attached): they use the old tables and go away with it.
@@ -124,6 +125,7 @@ class Rebuild:
         self.new_max = new_max
         self.new_size = new_size
         self.assured = assured       # ct_assured's size; None: made for its flows
+        self.acct = acct             # ct_acct's size; None: made for its records
         self.sizes: sizing.Sizes | None = None
         self.migration = migration
         self.values = values
@@ -204,7 +206,7 @@ class Rebuild:
             if self.tmp.exists():
                 remove_pins(self.tmp)
             self.dp = Datapath(self.tmp, self.new_max, new_max=self.sizes.new_max,
-                               assured=self.sizes.assured).load()
+                               assured=self.sizes.assured, acct=self.sizes.acct).load()
             for name in (*TABLES, "ct_config", "ct_stats", acctcopy.MAP):
                 self._new[name] = open_pinned(self.tmp, name)
             # The copy the swap starts from: taken as late as possible, so
@@ -249,7 +251,8 @@ class Rebuild:
         if self.sizes is None:    # ct_assured made for the flows it will hold
             try:
                 self.sizes = sizing.sizes(self.new_max, self.new_size, self.assured,
-                                          live=live["ct_assured"])
+                                          live=live["ct_assured"], acct=self.acct,
+                                          acct_live=sum(1 for k in self._acct if k in snap))
             except ValueError as e:
                 raise UsageError(str(e)) from None
         room = {"ct_assured": self.sizes.assured, "ct_new": self.sizes.new_max}

@@ -107,16 +107,21 @@ def rebuild_here(pin_dir: Path, new_max: int, datapath=None) -> str:
     return line
 
 
-def grow_here(pin_dir: Path, datapath, assured: int) -> str:
-    """ct_assured rebuilt `assured` entries large, max and new_max as they
-    are, in the daemon that holds the lock (ctbpf/agent/growth.py)."""
-    before = datapath.assured
+def grow_here(pin_dir: Path, datapath, assured: int, acct: int | None = None) -> str:
+    """ct_assured rebuilt `assured` entries large and ct_acct `acct` large
+    (None: as it is), max and new_max as they are, in the daemon that holds
+    the lock (ctbpf/agent/growth.py)."""
+    before = (datapath.assured, datapath.acct)
     rb = rebuild.Rebuild(pin_dir, datapath.max_entries, new_size=datapath.new_max,
-                         assured=assured, own_programs=datapath.own_prog_ids()).prepare()
+                         assured=assured, acct=datapath.acct if acct is None else acct,
+                         own_programs=datapath.own_prog_ids()).prepare()
     datapath.take_over(rb.commit())
-    line = (f"grown from {before} to {datapath.assured} entries, {rb.report.total} entries "
+    grown = [f"{name} from {b} to {a} entries"
+             for name, b, a in (("ct_assured", before[0], datapath.assured),
+                                ("ct_acct", before[1], datapath.acct)) if a != b]
+    line = (f"grown {', '.join(grown) or 'nothing'}, {rb.report.total} entries "
             f"kept in {rb.report.seconds:.1f} s")
-    log.info("ct_assured %s", line)
+    log.info("%s", line)
     return line
 
 

@@ -47,9 +47,10 @@ def _source(value: int, default: int, in_file: int | None) -> str:
     return "set"
 
 
-def table_sizes(pin_dir: Path) -> tuple[int, int]:
-    """(new_max, ct_assured's size now) of the running tables."""
-    return read_sizes(pin_dir)[1], pincheck.pinned_size(pin_dir, "ct_assured")
+def table_sizes(pin_dir: Path) -> tuple[int, int, int]:
+    """(new_max, ct_assured's and ct_acct's sizes now) of the running tables."""
+    return (read_sizes(pin_dir)[1], pincheck.pinned_size(pin_dir, "ct_assured"),
+            pincheck.pinned_size(pin_dir, "ct_acct"))
 
 
 def describe(pin_dir: Path) -> dict:
@@ -90,12 +91,15 @@ def describe(pin_dir: Path) -> dict:
     else:
         buckets = max(1, current_max // ENTRIES_PER_BUCKET)
         rows.append(_row(b, buckets, "default" if buckets == b.default else "max/8"))
-    new_max, assured = table_sizes(pin_dir)
+    new_max, assured, acct = table_sizes(pin_dir)
     default_new = sizing.default_new_max(current_max)
     rows.append({**_row(tunables.NEW_MAX, new_max,
                         "default" if new_max == default_new else "option"), "default": default_new})
     start = min(sizing.ASSURED_START, current_max - new_max)
     rows.append({**_row(tunables.ASSURED_NOW, assured, "grown" if assured > start else "default"),
+                 "default": start})
+    start = min(sizing.ACCT_START, new_max + assured)
+    rows.append({**_row(tunables.ACCT_NOW, acct, "grown" if acct > start else "default"),
                  "default": start})
     return {"pin_dir": pins.display(pin_dir), "config_file": path,
             "daemon_pid": status.get("pid") if status else None,

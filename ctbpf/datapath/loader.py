@@ -128,6 +128,9 @@ class Datapath:
     # ct_assured's size now (it grows up to max - new_max); None: what is
     # pinned, else sized for an empty table.
     assured: int | None = None
+    # ct_acct's size now (it grows up to what both tables hold); None: as
+    # ct_assured's.
+    acct: int | None = None
     # Bytes of the expiry index's ring (a power of two, at least a page);
     # None sizes it from the table. Tests make it small.
     timers_bytes: int | None = None
@@ -162,14 +165,17 @@ class Datapath:
         try:
             if self.assured is None:    # pinned ones keep the size they grew to
                 self.assured = pincheck.pinned_size(self.pin_dir, "ct_assured")
-            sz = sizing.sizes(self.max_entries, self.new_max, self.assured)
+            if self.acct is None:
+                self.acct = pincheck.pinned_size(self.pin_dir, "ct_acct")
+            sz = sizing.sizes(self.max_entries, self.new_max, self.assured, acct=self.acct)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        self.new_max, self.assured = sz.new_max, sz.assured
+        self.new_max, self.assured, self.acct = sz.new_max, sz.assured, sz.acct
         self.reused = pincheck.check_pinned(self.pin_dir, sz)
         timers = sz.timers_bytes if self.timers_bytes is None else int(self.timers_bytes)
         cflags = [f'-DCT_PIN_DIR="{self.pin_dir}"', f"-DCT_ASSURED_MAX={sz.assured}",
-                  f"-DCT_NEW_MAX={sz.new_max}", f"-DCT_TIMERS_BYTES={timers}",
+                  f"-DCT_NEW_MAX={sz.new_max}", f"-DCT_ACCT_MAX={sz.acct}",
+                  f"-DCT_TIMERS_BYTES={timers}",
                   f"-DCT_EVENTS_BYTES={sz.events_bytes}", "-Wno-unused-function"]
         try:
             self._bpf = bcc.BPF(text=program_source().encode(), cflags=cflags)
@@ -410,7 +416,7 @@ class Datapath:
         self._bpf, self._funcs = other._bpf, other._funcs
         other._bpf, other._funcs = None, {}
         self.pin_dir, self.max_entries = other.pin_dir, other.max_entries
-        self.new_max, self.assured = other.new_max, other.assured
+        self.new_max, self.assured, self.acct = other.new_max, other.assured, other.acct
         self.adoptable |= other.adoptable
         if old is not None:
             old.cleanup()

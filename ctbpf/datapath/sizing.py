@@ -10,8 +10,12 @@ two, is allocated whole when the map is made, so ct_assured is made for the
 flows it holds and grown (ctbpf/agent/growth.py: four times larger when it
 is seven eighths full, by the live rebuild) up to `max - new_max`. An LRU
 hash is always preallocated, so ct_new's size is memory spent whether flows
-come or not: it is sized apart, and smaller by default. ct_acct, the
-counters, and the rings follow what the two tables can hold now.
+come or not: it is sized apart, and smaller by default. The rings follow
+what the two tables can hold now. ct_acct, the counters of flows made
+while acct was on (off by default, as nf_conntrack_acct), is a hash like
+ct_assured and grows the same way with the records it holds, up to what
+the two tables hold: with acct off its buckets cost 256 KiB, not 16 B for
+every flow the tables could hold.
 
 The default new_max is max/16, at least NEW_FLOOR and at most max/2. A
 SYN flood of any rate then churns a sixteenth of the table while the
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 NEW_FLOOR = 1024
 #: ct_assured's first size, and how it grows: x4 when seven eighths full.
 ASSURED_START, GROWTH, GROW_AT = 16384, 4, 0.875
+#: ct_acct's first size (it grows as ct_assured does).
+ACCT_START = 16384
 #: Entries of the expiry index's ring per tracked flow (1/16: a burst of new
 #: flows as large as a sixteenth of the table between two sweeper reads; a
 #: burst larger still loses records, counted, and the sweeper then walks the
@@ -66,6 +72,7 @@ class Sizes:
     max_entries: int          # conntrack_max: what ct_assured may grow to + ct_new
     new_max: int              # ct_new
     assured: int              # ct_assured now
+    acct: int                 # ct_acct now
 
     @property
     def assured_max(self) -> int:
@@ -75,10 +82,6 @@ class Sizes:
     def holds(self) -> int:
         """The flows both tables hold now."""
         return self.assured + self.new_max
-
-    @property
-    def acct(self) -> int:
-        return self.holds
 
     @property
     def timers_bytes(self) -> int:
@@ -93,26 +96,39 @@ class Sizes:
         if self.assured >= self.assured_max:
             return None
         return Sizes(self.max_entries, self.new_max,
-                     min(self.assured * GROWTH, self.assured_max))
+                     min(self.assured * GROWTH, self.assured_max), self.acct)
 
     def should_grow(self, assured_count: int) -> bool:
         return self.assured < self.assured_max and assured_count > self.assured * GROW_AT
 
+    def acct_grown(self) -> "Sizes | None":
+        """The next size of ct_acct, None when it holds every flow already."""
+        if self.acct >= self.holds:
+            return None
+        return Sizes(self.max_entries, self.new_max, self.assured,
+                     min(self.acct * GROWTH, self.holds))
 
-def assured_for(assured_max: int, live: int = 0) -> int:
+    def acct_should_grow(self, records: int) -> bool:
+        return self.acct < self.holds and records > self.acct * GROW_AT
+
+
+def assured_for(assured_max: int, live: int = 0, start: int = ASSURED_START) -> int:
     """ct_assured's size for `live` ASSURED flows: ASSURED_START grown until
-    they fill at most seven eighths of it, at most assured_max."""
-    cap = ASSURED_START
+    they fill at most seven eighths of it, at most assured_max. (ct_acct's
+    for `live` records, from ACCT_START, the same way.)"""
+    cap = start
     while cap < assured_max and live > cap * GROW_AT:
         cap *= GROWTH
     return min(cap, assured_max)
 
 
 def sizes(max_entries: int, new_max: int | None = None, assured: int | None = None,
-          live: int = 0) -> Sizes:
+          live: int = 0, acct: int | None = None, acct_live: int = 0) -> Sizes:
     """The sizes for `max` and `new_max` (None: the default for that max),
-    with ct_assured `assured` large (None: sized for `live` ASSURED flows).
-    Raises ValueError when new_max does not leave both tables a flow."""
+    with ct_assured `assured` large (None: sized for `live` ASSURED flows)
+    and ct_acct `acct` large (None: sized for `acct_live` records; never
+    more than the two tables hold). Raises ValueError when new_max does not
+    leave both tables a flow."""
     nm = default_new_max(max_entries) if new_max is None else int(new_max)
     if not 1 <= nm < max_entries:
         raise ValueError(f"new_max {nm} must be at least 1 and below max {max_entries}")
@@ -120,7 +136,11 @@ def sizes(max_entries: int, new_max: int | None = None, assured: int | None = No
     if not 1 <= cap <= max_entries - nm:
         raise ValueError(f"ct_assured of {cap} entries does not fit max {max_entries} "
                          f"with new_max {nm}")
-    return Sizes(max_entries, nm, cap)
+    holds = cap + nm
+    acct_cap = assured_for(holds, acct_live, ACCT_START) if acct is None else min(int(acct), holds)
+    if acct_cap < 1:
+        raise ValueError(f"ct_acct of {acct_cap} entries is too small")
+    return Sizes(max_entries, nm, cap, acct_cap)
 
 
 def at_least(assured: int, new: int) -> int:

@@ -240,7 +240,7 @@ class Tracker:
         write_config(self.pin_dir, current)
 
     def reset(self) -> None:
-        """Empty both flow tables, every tunable back to its default."""
+        """Empty both flow tables, every tunable back to TEST_DEFAULTS."""
         from ctbpf.datapath.configmap import write_config  # noqa: PLC0415
 
         for name in (*TABLES, table.ACCT_MAP):
@@ -252,7 +252,12 @@ class Tracker:
                 finally:
                     os.close(fd)
             assert table.read_raw(self.pin_dir, name)[2] == 0, f"{name} not emptied"
-        write_config(self.pin_dir, tunables.defaults())
+        write_config(self.pin_dir, TEST_DEFAULTS)
+
+
+# The tunables each test starts from: the defaults, with acct on, since most
+# tests read a flow's counters (the tests of acct off say so).
+TEST_DEFAULTS = {**tunables.defaults(), "acct": 1}
 
 
 @pytest.fixture

@@ -327,11 +327,15 @@ def _trackers(lab: Lab):
     dirs: list[Path] = []
 
     def start(pin_dir: Path | None, ifaces: Sequence[str] = ROUTER_IFACES,
-              extra: Sequence[str] = ()) -> Tracker:
+              extra: Sequence[str] = (), acct: bool = True) -> Tracker:
         tr = Tracker(lab, pin_dir, ifaces, extra=extra)
         made.append(tr)
         dirs.append(pin_dir if pin_dir is not None else default_pin_dir(lab))
-        return tr.start()
+        tr.start()
+        # acct is off by default, as in the kernel; most tests read counters.
+        if acct:
+            tr.cli("set", "acct=1")
+        return tr
 
     try:
         yield start
@@ -370,8 +374,8 @@ def pin_dir(need_bpf):
 
 @pytest.fixture
 def start_tracker(lab, need_bpf):
-    """start_tracker(pin_dir, ifaces=("cli0", "srv0"), extra=()) -> a ready
-    Tracker in this test's lab. pin_dir=None means the router's default
+    """start_tracker(pin_dir, ifaces=("cli0", "srv0"), extra=(), acct=True) ->
+    a ready Tracker in this test's lab, acct switched on unless acct=False. pin_dir=None means the router's default
     (per network namespace) directory, which is then removed at teardown too."""
     with _trackers(lab) as start:
         yield start

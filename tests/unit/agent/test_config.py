@@ -355,7 +355,8 @@ def _fake_datapath(monkeypatch, values, max_entries=65536, status=None, path=Non
     monkeypatch.setattr(configview, "read_max", lambda pin_dir: max_entries)
     monkeypatch.setattr(configview, "table_sizes", lambda pin_dir: (
         sizing.default_new_max(max_entries),
-        min(sizing.ASSURED_START, max_entries - sizing.default_new_max(max_entries))))
+        min(sizing.ASSURED_START, max_entries - sizing.default_new_max(max_entries)),
+        sizing.ACCT_START))
     if path is not None:
         path.write_text(text)
         status = dict(status or {}, config=str(path), pid=123,
@@ -376,7 +377,7 @@ def test_sources_without_a_file(monkeypatch):
     assert s["max"] == (65536, "default") and s["buckets"] == (8192, "default")
     assert desc["config_file"] is None and desc["note"] is None
     assert [r["name"] for r in desc["tunables"]] == [*tunables.ALL_BY_NAME, "new_max",
-                                                     "assured_size"]
+                                                     "assured_size", "acct_size"]
     assert s["new_max"] == (4096, "default") and s["assured_size"] == (16384, "default")
     out = configview.text(desc)
     assert out.splitlines()[0].split() == ["NAME", "VALUE", "DEFAULT", "SOURCE"]
@@ -479,3 +480,7 @@ def test_reload_refuses_a_bad_file_and_writes_nothing(monkeypatch, tmp_path):
     path.unlink()
     with pytest.raises(UsageError, match="No such file"):
         reloader.Reloader(daemon, path, None, 65536)()
+
+
+def test_acct_is_off_by_default_as_nf_conntrack_acct():
+    assert tunables.defaults()["acct"] == 0

@@ -53,3 +53,24 @@ def test_at_least_names_a_max_that_holds_both():
     n = sizing.at_least(40_000, 3_000)
     sz = sizing.sizes(n)
     assert sz.assured_max >= 40_000 and sz.new_max >= 3_000
+
+
+def test_acct_starts_small_grows_with_its_records_up_to_what_both_tables_hold():
+    sz = sizing.sizes(1 << 20)
+    assert sz.acct == sizing.ACCT_START and sz.holds == 16384 + 65536
+    assert not sz.acct_should_grow(14336) and sz.acct_should_grow(14337)
+    seen = []
+    while sz is not None:
+        seen.append(sz.acct)
+        sz = sz.acct_grown()
+    assert seen == [16384, 65536, 16384 + 65536]
+    # a rebuild sizes it for the records it carries, never past what the tables hold
+    assert sizing.sizes(1 << 20, acct_live=20_000).acct == 65536
+    assert sizing.sizes(1 << 20, acct_live=60_000).acct == 16384 + 65536
+    assert sizing.sizes(1 << 20, assured=(1 << 20) - 65536, acct_live=20_000).acct == 65536
+    assert sizing.sizes(2048, acct_live=0).acct == 2048
+
+
+def test_growing_one_table_keeps_the_other_ones_size():
+    sz = sizing.sizes(1 << 20, acct=65536)
+    assert sz.grown().acct == 65536 and sz.acct_grown().assured == sz.assured
