@@ -249,6 +249,11 @@ class _Demo:
                                      stdout=out, stderr=subprocess.STDOUT)
         line = self.read_ready_line(min(READY_S, self.left()))
         _say(line)
+        # Per-flow counters are off by default, as nf_conntrack_acct is;
+        # the listing below shows them.
+        _say("ctbpf set acct=1      # per-flow packet/byte counters (off by default, as "
+             "nf_conntrack_acct)")
+        self.ctbpf("set", "acct=1")
 
     def log_lines(self) -> list[str]:
         """Lines the tracker has written since the last call."""

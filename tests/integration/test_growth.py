@@ -77,6 +77,6 @@ def test_ct_assured_grows_when_seven_eighths_full(lab, pin_dir, start_tracker):
     assert stats["packets"]["invalid"] == stats0["packets"]["invalid"], stats["invalid"]
     assert tr.running
     tr.stop(signal.SIGINT)
-    assert f"grown from {first.assured} to {grown.assured} entries" in tr.stderr, tr.stderr
+    assert f"grown ct_assured from {first.assured} to {grown.assured} entries" in tr.stderr, tr.stderr
     assert "Traceback" not in tr.stderr
     conns.command("quit")

@@ -322,7 +322,8 @@ def test_config_file_at_start_and_sources(lab, pin_dir, start_tracker, conns, tm
     assert text[-1].startswith(f"config file: {cfg} (daemon pid ")
 
 
-def test_config_without_a_daemon_file(tracker):
+def test_config_without_a_daemon_file(lab, pin_dir, start_tracker):
+    tracker = start_tracker(pin_dir, acct=False)
     desc = config_json(tracker)
     assert desc["config_file"] is None
     assert {r["source"] for r in desc["tunables"]} == {"default"}
