@@ -18,6 +18,9 @@ a directory of its own, never to bpf/ itself.
                  last_seq/ack/end/win comparison and stores of every ACK)
     optsteps8    the option walk in 8 steps instead of 32 (what an early
                  exit would save on a SYN with Linux's 5 options)
+    noevents     ct_emit() returns at once (no event record, even with
+                 events on)
+    notimer      ct_register() returns at once (no expiry index record)
 
     python -m bench.dpvariants /tmp/ctbpf-variants   # prints the --dpcompare-variant flags
 """
@@ -55,10 +58,18 @@ NORETRANS = ("tcp.h", "\tif (cls == CT_CLASS_ACK) {\n\t\tif (e->last_dir == dir"
              "\tif (0) { /* bench variant: no retransmission count */\n\t\tif (e->last_dir == dir")
 OPTSTEPS8 = ("config.h", "#define CT_TCP_OPT_STEPS 32\n", "#define CT_TCP_OPT_STEPS 8\n")
 
+NOEVENTS = ("conntrack.h", "\tstruct ct_event *ev;\n\n\tif (!cfg->value[CT_CFG_EVENTS])",
+            "\tstruct ct_event *ev;\n\n\treturn; /* bench variant: no events */\n"
+            "\tif (!cfg->value[CT_CFG_EVENTS])")
+NOTIMER = ("conntrack.h", "\tstruct ct_timer *t = ct_timers.ringbuf_reserve(sizeof(*t));\n\n",
+           "\tstruct ct_timer *t;\n\n\treturn; /* bench variant: no expiry index */\n"
+           "\tt = ct_timers.ringbuf_reserve(sizeof(*t));\n")
+
 VARIANTS = {"nowin": (NOWIN,), "noopt": (NOOPT,), "nowin_noopt": (NOWIN, NOOPT),
             "inline": (INLINE,), "optfast": (OPTFAST, OPTFAST2),
             "optfast_inline": (OPTFAST, OPTFAST2, INLINE), "nowinupd": (NOWINUPD,),
-            "noretrans": (NORETRANS,), "optsteps8": (OPTSTEPS8,)}
+            "noretrans": (NORETRANS,), "optsteps8": (OPTSTEPS8,),
+            "noevents": (NOEVENTS,), "notimer": (NOTIMER,)}
 
 
 def make(out: Path, names=tuple(VARIANTS), src: Path = ROOT / "bpf") -> dict[str, Path]:

@@ -176,6 +176,7 @@ enum ct_cfg {
 	CT_CFG_TCP_IGNORE_INVALID_RST = 23, /* 1: a RST below the window is accepted, not INVALID */
 	CT_CFG_RESYNC_HOLD = 24,     /* 1 while a rebuild reconciles: no packet clears a resync mark */
 	CT_CFG_MAX_ENTRIES = 25,     /* conntrack_max, the flows ct_assured may grow to hold with ct_new's */
+	CT_CFG_EVENT_LISTENERS = 26, /* `ctbpf events` clients of the daemon: 0 spares every event */
 	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
 	CT_CFG_MAX = 32,
 };

@@ -55,8 +55,10 @@ static __always_inline void ct_acct_copy(const struct ct_key *key, const struct 
 }
 
 /**
- * ct_emit - report an event on a flow, when events are on. A full ring
- * buffer loses the event (counted), never the packet.
+ * ct_emit - report an event on a flow, when events are on and someone
+ * listens (the kernel builds events only for listeners: the daemon says
+ * how many clients it relays to). A full ring buffer loses the event
+ * (counted), never the packet.
  */
 static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_counters *st,
 				    const struct ct_key *key, const struct ct_entry *e,
@@ -64,7 +66,7 @@ static __always_inline void ct_emit(const struct ct_config *cfg, struct ct_count
 {
 	struct ct_event *ev;
 
-	if (!cfg->value[CT_CFG_EVENTS])
+	if (!cfg->value[CT_CFG_EVENTS] || !cfg->value[CT_CFG_EVENT_LISTENERS])
 		return;
 	ev = ct_events.ringbuf_reserve(sizeof(*ev));
 	if (!ev) {

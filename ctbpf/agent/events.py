@@ -3,10 +3,11 @@ DESTROY, read from the datapath's ring buffer by the daemon and relayed to
 `ctbpf events` clients over a unix socket.
 
 A BPF ring buffer has a single consumer position, so the daemon is its only
-reader: the EventRelay service drains it a few times a second (always, so
-that the buffer never fills while nobody listens), decodes each record once
-and, when clients are connected, writes one JSON line per event to each of
-them. The sweeper deletes expired entries with an in-kernel program that
+reader: the EventRelay service drains it a few times a second, decodes each
+record once and, when clients are connected, writes one JSON line per event
+to each of them. With no client the datapath emits no event at all (the
+relay keeps the count of its clients in ct_config, CT_CFG_EVENT_LISTENERS),
+as the kernel builds events only for listeners. The sweeper deletes expired entries with an in-kernel program that
 emits DESTROY into the same ring buffer, so its events arrive here too.
 
 The socket speaks JSON lines, the same objects `ctbpf events -o json` prints:
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctbpf import abi
-from ctbpf.datapath import formats, pins
+from ctbpf.datapath import configmap, formats, pins
 from ctbpf.datapath.table import Flow, Tuple, decode
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ class EventRelay:
         daemon.datapath.poll_events(0)  # what a previous daemon left: stale
         self._pending.clear()
         self._overflow = 0
+        self._publish_listeners()
         path = Path(daemon.run_dir) / SOCKET_NAME
         try:
             self._listen(path)
@@ -309,16 +311,31 @@ class EventRelay:
             self._clients = [c for c in self._clients if self._keep(c)]
         if not self._clients:
             self._lost_seen = None  # the next client hears only of its own losses
+        self._publish_listeners()
         if any(c.queued for c in self._clients):
             self._next = now + POLL_BACKLOG
         else:
             self._next = now + (POLL_LISTENING if self._clients else POLL_IDLE)
+
+    def _publish_listeners(self, n: int | None = None) -> None:
+        """Tell the datapath how many clients listen: with none it emits no
+        event at all (a NEW event costs a new flow a ring record). Read and
+        written back every poll, so a whole-config write by `ctbpf set`
+        that raced with it is put right within one poll."""
+        dp = self._daemon.datapath if self._daemon is not None else None
+        if dp is None:
+            return
+        try:
+            configmap.set_event_listeners(dp.pin_dir, len(self._clients) if n is None else n)
+        except OSError as e:
+            log.warning("events: cannot tell the datapath its listeners: %s", e)
 
     def stop(self) -> None:
         for c in self._clients:
             c.flush()
             c.close()
         self._clients = []
+        self._publish_listeners()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -362,6 +379,8 @@ class EventRelay:
                 client.flush()
                 client.close()
                 continue
+            # the datapath emits from now on, before the client hears hello
+            self._publish_listeners(len(self._clients) + 1)
             client.push((json.dumps({"event": "hello", "version": PROTOCOL_VERSION,
                                      "pid": os.getpid(),
                                      "pin_dir": pins.display(Path(self._daemon.pin_dir))})

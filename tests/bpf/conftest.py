@@ -241,7 +241,7 @@ class Tracker:
 
     def reset(self) -> None:
         """Empty both flow tables, every tunable back to TEST_DEFAULTS."""
-        from ctbpf.datapath.configmap import write_config  # noqa: PLC0415
+        from ctbpf.datapath.configmap import set_event_listeners, write_config  # noqa: PLC0415
 
         for name in (*TABLES, table.ACCT_MAP):
             keys, _, count = table.read_raw(self.pin_dir, name)
@@ -253,6 +253,7 @@ class Tracker:
                     os.close(fd)
             assert table.read_raw(self.pin_dir, name)[2] == 0, f"{name} not emptied"
         write_config(self.pin_dir, TEST_DEFAULTS)
+        set_event_listeners(self.pin_dir, 0)
 
 
 # The tunables each test starts from: the defaults, with acct on, since most

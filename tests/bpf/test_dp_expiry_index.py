@@ -13,7 +13,7 @@ import pytest
 
 from ctbpf import abi
 from ctbpf.agent.expiry import ExpiryIndex, KEY_SIZE, TIMER_SIZE
-from ctbpf.datapath import bpfsys, ringbuf
+from ctbpf.datapath import bpfsys, configmap, ringbuf
 from ctbpf.datapath.ringbuf import RingReader, record_size
 from ctbpf.datapath.sweepprog import sweep_due_keys
 
@@ -117,6 +117,7 @@ def test_due_mode_deletes_expired_reports_live_and_gone(tracker, ring, datapath)
     datapath.open_events(got.append)
     datapath.poll_events(0)
     got.clear()
+    configmap.set_event_listeners(tracker.pin_dir, 1)   # as the daemon does for a client
     swept_before = tracker.counters()[abi.const("CT_STAT_SWEPT")]
 
     res = sweep_due_keys(datapath.prog_fd("ctbpf_sweep"),

@@ -4,7 +4,7 @@ ring buffer, on the real datapath."""
 import pytest
 
 from ctbpf import abi
-from ctbpf.datapath import table
+from ctbpf.datapath import configmap, table
 
 import packets as P
 
@@ -17,6 +17,7 @@ def events(tracker):
     tracker.dp.open_events(got.append)
     tracker.dp.poll_events(0)
     got.clear()
+    configmap.set_event_listeners(tracker.pin_dir, 1)   # as the daemon does for a client
 
     def read():
         tracker.dp.poll_events(0)
@@ -54,6 +55,16 @@ def test_refused_connection_reports_destroy_with_reason(tracker, events):
     evs = events()
     assert [e.type for e in evs] == [NEW, DESTROY]
     assert evs[1].reason == abi.const("CT_DESTROY_RST")
+
+
+def test_no_event_is_emitted_while_nobody_listens(tracker, events):
+    configmap.set_event_listeners(tracker.pin_dir, 0)
+    _handshake(tracker, 40005)
+    assert events() == []
+    assert tracker.counters()[abi.const("CT_STAT_EVENT_LOST")] == 0
+    configmap.set_event_listeners(tracker.pin_dir, 2)
+    _handshake(tracker, 40006)
+    assert [e.type for e in events()] == [NEW, UPDATE, UPDATE]
 
 
 def test_events_off_emits_nothing(tracker, events):

@@ -209,6 +209,7 @@ def test_refreshed_between_read_and_delete_survives_and_destroy_is_reported(data
     datapath.open_events(lambda ev: events.append((ev.type, ev.reason, bytes(ev.key))))
     datapath.poll_events(0)
     events.clear()
+    configmap.set_event_listeners(pin_dir, 1)     # as the daemon does for a client
     before = stats.read_counters(pin_dir)[SWEPT]
 
     owner = SimpleNamespace(pin_dir=pin_dir, datapath=None)
@@ -309,7 +310,8 @@ def test_lost_registrations_make_the_next_pass_rebuild_the_index(pin_dir, need_r
         _send(dp, range(32000, 32200))               # 200 registrations: most lost
         lost = stats.read_counters(pin_dir)[abi.const("CT_STAT_TIMER_LOST")]
         assert 100 < lost < 200
-        time.sleep(1.1)
+        # 1 s, and the expiry's rounding up to the tick after it (abi.ticks)
+        time.sleep(1.0 + 2 * abi.tick_ns(1) / NS + 0.05)
 
         snap = sw.sweep_now()
 
