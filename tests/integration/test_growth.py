@@ -1,6 +1,6 @@
 """ct_assured grows with the flows it holds (ctbpf/agent/growth.py): made
-small, rebuilt four times larger by the running daemon when three quarters
-full, every entry kept and tracking never stopped. Real connections through
+small, rebuilt four times larger by the running daemon when seven eighths
+full (ct_acct the same with its counter records), every entry kept and tracking never stopped. Real connections through
 the lab's router, and ASSURED entries written into the pinned table to fill
 it past the mark."""
 
@@ -18,7 +18,7 @@ from test_restart import Conns, all_established, wait_for
 from test_resize import table_size
 
 from ctbpf import abi
-from ctbpf.datapath import bpfsys, sizing, table
+from ctbpf.datapath import bpfsys, pincheck, sizing, table
 from ctbpf.datapath.flowkey import key_from_tuple
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -27,25 +27,30 @@ MAX = 65536
 NS = 1_000_000_000
 
 
-def fill_assured(pin_dir: Path, n: int) -> set[bytes]:
-    """n ASSURED UDP streams, alive for an hour, written into ct_assured."""
+def fill_assured(pin_dir: Path, n: int, acct: bool = False) -> set[bytes]:
+    """n ASSURED UDP streams, alive for an hour, written into ct_assured;
+    with acct, made as while acct was on, each with its counter record
+    (packets i and 2i, bytes 100 times that)."""
     now = time.monotonic_ns()
-    keys, values = bytearray(), bytearray()
+    keys, values, counters = bytearray(), bytearray(), bytearray()
     for i in range(n):
         key, hi = key_from_tuple(f"10.77.{i >> 8 & 0xFF}.{i & 0xFF}", "10.78.0.1", 17,
                                  10000 + i % 50000, 53)
         e = abi.CtEntry(expires=abi.ticks(now + 3600 * NS), created=abi.ticks(now))
         e.flags = abi.const("CT_F_ASSURED") | abi.const("CT_F_SEEN_REPLY") | \
-            (abi.const("CT_F_ORIG_IS_HI") if hi else 0)
+            (abi.const("CT_F_ORIG_IS_HI") if hi else 0) | (abi.const("CT_F_ACCT") if acct else 0)
         keys += bytes(key)
         values += bytes(e)
+        counters += bytes(abi.CtAcct(packets=(i, 2 * i), bytes=(100 * i, 200 * i)))
     kbuf = ctypes.create_string_buffer(bytes(keys), len(keys))
-    vbuf = ctypes.create_string_buffer(bytes(values), len(values))
-    fd = bpfsys.obj_get(str(pin_dir / "ct_assured"))
-    try:
-        assert bpfsys.update_batch(fd, ctypes.addressof(kbuf), ctypes.addressof(vbuf), n) == n
-    finally:
-        os.close(fd)
+    # counters first: a flow flagged CT_F_ACCT always has its record
+    for name, data in ((("ct_acct", counters),) if acct else ()) + (("ct_assured", values),):
+        vbuf = ctypes.create_string_buffer(bytes(data), len(data))
+        fd = bpfsys.obj_get(str(pin_dir / name))
+        try:
+            assert bpfsys.update_batch(fd, ctypes.addressof(kbuf), ctypes.addressof(vbuf), n) == n
+        finally:
+            os.close(fd)
     size = ctypes.sizeof(abi.CtKey)
     return {bytes(keys[i * size:(i + 1) * size]) for i in range(n)}
 
@@ -80,3 +85,20 @@ def test_ct_assured_grows_when_seven_eighths_full(lab, pin_dir, start_tracker):
     assert f"grown ct_assured from {first.assured} to {grown.assured} entries" in tr.stderr, tr.stderr
     assert "Traceback" not in tr.stderr
     conns.command("quit")
+
+
+def test_ct_acct_grows_with_its_records_and_keeps_every_counter(lab, pin_dir, start_tracker):
+    first = sizing.sizes(MAX)
+    assert first.acct == sizing.ACCT_START < first.holds
+    tr = start_tracker(pin_dir, extra=["--max", str(MAX)])      # acct=1
+    assert pincheck.pinned_size(pin_dir, "ct_acct") == first.acct
+    n = int(first.acct * sizing.GROW_AT) + 500
+    written = fill_assured(pin_dir, n, acct=True)
+    want = first.acct_grown().acct
+    wait_for("ct_acct grown", lambda: pincheck.pinned_size(pin_dir, "ct_acct") == want, timeout=60)
+    kept = table.read_acct(pin_dir)
+    assert written <= set(kept), f"{len(written - set(kept))} counter records lost"
+    got = sorted(tuple(kept[k]) for k in written)
+    assert got == sorted((i, 2 * i, 100 * i, 200 * i) for i in range(n))
+    tr.stop(signal.SIGINT)
+    assert f"ct_acct from {first.acct} to {want} entries" in tr.stderr, tr.stderr
