@@ -361,7 +361,9 @@ class Exporter:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, *_ctbpf_cmd(), "run", "--iface", "cbm0",
              "--xdp-mode", "generic", "--pin-dir", str(self.pin_dir),
-             "--max", str(self.table_size), "--metrics-addr", f"127.0.0.1:{METRICS_PORT}"],
+             # the sizes CtbpfTable made the maps with: adopted as they are
+             "--max", str(2 * self.table_size), "--new-max", str(self.table_size),
+             "--metrics-addr", f"127.0.0.1:{METRICS_PORT}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + self.timeout

@@ -98,7 +98,8 @@ static __always_inline void ct_register(const struct ct_key *key, __u32 expires,
 	}
 	__builtin_memcpy(&t->key, key, sizeof(*key));
 	t->expires = expires;
-	ct_timers.ringbuf_submit(t, 0);
+	/* The sweeper reads the ring by mmap when it sweeps: nobody waits. */
+	ct_timers.ringbuf_submit(t, BPF_RB_NO_WAKEUP);
 }
 
 /**

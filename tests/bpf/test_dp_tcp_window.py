@@ -750,6 +750,15 @@ OPTION_CASES = {
     "timestamp-and-all": (MSS + SACK_PERM + timestamp() + NOP + wscale(9), 9,
                           TS_WINDOW_SCALE | TS_SACK_PERM),
     "aligned-timestamp-syn": (TS_ALIGNED, 0, 0),
+    # Linux's SYN layout (read without the walk) and near misses of it (walked)
+    "linux-layout-scale-capped": (MSS + SACK_PERM + timestamp() + NOP + wscale(15), 14,
+                                  TS_WINDOW_SCALE | TS_SACK_PERM),
+    "linux-layout-eol-for-nop": (MSS + SACK_PERM + timestamp() + EOL + wscale(9), 0,
+                                 TS_SACK_PERM),
+    "linux-layout-nops-for-sackperm": (MSS + NOP + NOP + timestamp() + NOP + wscale(9), 9,
+                                       TS_WINDOW_SCALE),
+    "linux-layout-unknown-for-mss": (bytes((30, 4, 5, 0xb4)) + SACK_PERM + timestamp() + NOP +
+                                     wscale(9), 9, TS_WINDOW_SCALE | TS_SACK_PERM),
     # the slowest 40 bytes to walk: 7 x (3 NOPs, a 2-byte option), 2 NOPs, wscale
     "slowest-walk": ((NOP * 3 + K2) * 7 + NOP * 2 + wscale(9), 9, TS_WINDOW_SCALE),
 }
