@@ -128,15 +128,27 @@ ct_new 25% full):
 - *Cold hit at 1M flows.* The lookup's cache misses dominate both sides;
   ctbpf writes the entry's line (windows, expiry when its tick moves) where
   the bare lookup only reads it.
-- *New flow.* A SYN costs about 1,050 ns net with a listener against a bare
-  LRU insert's 400-650: the NEW event is about 160-175 ns (`noevents`;
-  spared now while nobody listens), the expiry index's record about 120 ns
-  (`notimer`), the option walk of a SYN about 135-160 ns (`noopt`), and two
-  lookups that miss (ct_assured, then ct_new) before the insert. What would
-  close it: a SYN that misses ct_assured inserted with `BPF_NOEXIST` at
-  once, ct_new looked up only on `EEXIST` (one cold lookup less); the
-  expiry record batched per CPU; `BPF_F_NO_COMMON_LRU` for ct_new under
-  floods.
+- *New flow.* A SYN cost about 1,050 ns net with a listener against a bare
+  LRU insert's 400-650. The NEW event was about 160-175 ns (`noevents`):
+  it is no longer written while nobody listens. The option walk of a SYN
+  was about 135-160 ns (`noopt`): Linux's SYN options are now read in
+  place (about 30-45 ns saved; the rest of `noopt`'s gain is the header
+  parse around it). What remains over the bare insert: the expiry index's
+  record, about 80 ns (`notimer`), and the two lookups that miss
+  (ct_assured, then ct_new) before the insert, which the bare insert does
+  not make. Tried and not taken: `BPF_F_NO_COMMON_LRU` for ct_new
+  (`percpulru`) gains 30-40 ns, within the noise, and gives each CPU a
+  fixed share of new_max, so one CPU's flows could evict each other while
+  the other CPU's share sits free. `BPF_NOEXIST` first, ct_new looked up
+  only on `EEXIST`, would spare the second miss, but an LRU update takes a
+  free node before it checks the key (kernel/bpf/hashtab.c,
+  htab_lru_map_update_elem), evicting another flow when none is free:
+  every SYN of an existing flow (retransmissions, port reuse) would then
+  evict an unrelated unassured flow; the kernel too looks up before it
+  allocates. What would close it: the expiry record batched per CPU (a
+  per-CPU array of pending records the sweeper drains), and one lookup for
+  both tables (a single table with the ASSURED bit in the value and a
+  separate eviction policy, which BPF hash maps do not offer).
 """
 
 BPFFS = Path("/sys/fs/bpf")

@@ -21,6 +21,7 @@ a directory of its own, never to bpf/ itself.
     noevents     ct_emit() returns at once (no event record, even with
                  events on)
     notimer      ct_register() returns at once (no expiry index record)
+    percpulru    ct_new with per-CPU LRU lists (BPF_F_NO_COMMON_LRU)
 
     python -m bench.dpvariants /tmp/ctbpf-variants   # prints the --dpcompare-variant flags
 """
@@ -64,12 +65,14 @@ NOEVENTS = ("conntrack.h", "\tstruct ct_event *ev;\n\n\tif (!cfg->value[CT_CFG_E
 NOTIMER = ("conntrack.h", "\tstruct ct_timer *t = ct_timers.ringbuf_reserve(sizeof(*t));\n\n",
            "\tstruct ct_timer *t;\n\n\treturn; /* bench variant: no expiry index */\n"
            "\tt = ct_timers.ringbuf_reserve(sizeof(*t));\n")
+PERCPU_LRU = ("maps.h", "\t\t CT_NEW_MAX, CT_PIN_DIR \"/ct_new\");",
+              "\t\t CT_NEW_MAX, CT_PIN_DIR \"/ct_new\", 2 /* bench variant: BPF_F_NO_COMMON_LRU */);")
 
 VARIANTS = {"nowin": (NOWIN,), "noopt": (NOOPT,), "nowin_noopt": (NOWIN, NOOPT),
             "inline": (INLINE,), "optfast": (OPTFAST, OPTFAST2),
             "optfast_inline": (OPTFAST, OPTFAST2, INLINE), "nowinupd": (NOWINUPD,),
             "noretrans": (NORETRANS,), "optsteps8": (OPTSTEPS8,),
-            "noevents": (NOEVENTS,), "notimer": (NOTIMER,)}
+            "noevents": (NOEVENTS,), "notimer": (NOTIMER,), "percpulru": (PERCPU_LRU,)}
 
 
 def make(out: Path, names=tuple(VARIANTS), src: Path = ROOT / "bpf") -> dict[str, Path]:
