@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctbpf import abi
-from ctbpf.datapath import configmap, formats, pins
+from ctbpf.datapath import formats, pins
 from ctbpf.datapath.table import Flow, Tuple, decode
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ class EventRelay:
         if dp is None:
             return
         try:
-            configmap.set_event_listeners(dp.pin_dir, len(self._clients) if n is None else n)
+            dp.set_event_listeners(len(self._clients) if n is None else n)
         except OSError as e:
             log.warning("events: cannot tell the datapath its listeners: %s", e)
 

@@ -14,12 +14,32 @@ from pathlib import Path
 
 from ctbpf.datapath import pins
 
-def daemon_status(pin_dir: Path) -> dict | None:
-    """daemon.json of this network namespace's daemon if it is alive and
-    runs on pin_dir."""
+#: Other namespaces' status files looked at, at most.
+_MAX_RUN_DIRS = 256
 
+
+def daemon_status(pin_dir: Path, anywhere: bool = True) -> dict | None:
+    """daemon.json of the daemon that runs on pin_dir, if it is alive: this
+    network namespace's, else (anywhere) another namespace's: `--pin-dir`
+    may name maps that a daemon in another namespace serves."""
+    own = run_dir()
+    found = _status_in(own, pin_dir)
+    if found is not None or not anywhere:
+        return found
     try:
-        status = json.loads((run_dir() / "daemon.json").read_text())
+        others = sorted(p for p in RUN_ROOT.iterdir() if p != own)[:_MAX_RUN_DIRS]
+    except OSError:
+        return None
+    for d in others:
+        found = _status_in(d, pin_dir)
+        if found is not None:
+            return found
+    return None
+
+
+def _status_in(directory: Path, pin_dir: Path) -> dict | None:
+    try:
+        status = json.loads((directory / "daemon.json").read_text())
         pid = int(status["pid"])
         a, b = os.stat(status["pin_dir"]), os.stat(pin_dir)
     except (OSError, ValueError, KeyError, TypeError):
@@ -36,8 +56,9 @@ def daemon_status(pin_dir: Path) -> dict | None:
 
 
 def daemon_pid(pin_dir: Path) -> int | None:
-    """The pid of this network namespace's daemon if it runs on pin_dir."""
-    status = daemon_status(pin_dir)
+    """The pid of this network namespace's daemon if it runs on pin_dir
+    (requests to it go through this namespace's run dir)."""
+    status = daemon_status(pin_dir, anywhere=False)
     return int(status["pid"]) if status else None
 
 

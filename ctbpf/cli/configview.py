@@ -5,12 +5,11 @@ file, or `ctbpf set`).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from ctbpf import tunables
 from ctbpf.agent.configfile import load_file
+from ctbpf.agent.runstatus import daemon_status
 from ctbpf.datapath import pincheck, pins, sizing
 from ctbpf.datapath.configmap import read_max, read_sizes, read_values
 from ctbpf.errors import UsageError
@@ -18,25 +17,6 @@ from ctbpf.tunables import ENTRIES_PER_BUCKET, Tunable
 
 # --------------------------------------------------------------------------
 # sources: where each value comes from
-
-
-def daemon_status(pin_dir: Path) -> dict | None:
-    """daemon.json of this namespace's daemon, if it tracks on pin_dir."""
-    from ctbpf.agent.runstatus import run_dir  # noqa: PLC0415
-
-    try:
-        status = json.loads((run_dir() / "daemon.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(status, dict) or not status.get("pin_dir"):
-        return None
-    theirs = status["pin_dir"]
-    try:
-        a, b = os.stat(theirs), os.stat(pin_dir)
-        same = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-    except OSError:
-        same = os.path.normpath(theirs) == os.path.normpath(str(pin_dir))
-    return status if same else None
 
 
 def _source(value: int, default: int, in_file: int | None) -> str:

@@ -257,6 +257,11 @@ class Datapath:
         if first:
             self._bpf[b"ct_events"].open_ring_buffer(on_event)
 
+    def set_event_listeners(self, n: int) -> None:
+        """How many clients the agent relays events to: with none the
+        datapath writes no event (CT_CFG_EVENT_LISTENERS)."""
+        configmap.set_event_listeners(self.pin_dir, n)
+
     def poll_events(self, timeout_ms: int = 0) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)
 

@@ -277,3 +277,15 @@ def test_bad_input_is_one_line_exit_2(args, mentions):
 def test_no_tracker_is_one_line_exit_1(shared_tracker, args):
     cp = run_in(shared_tracker.lab, "client", [*CTBPF, *args])
     _one_error_line(cp, 1, "no ctbpf maps")
+
+
+def test_a_daemon_in_another_namespace_serves_its_pin_dir_from_the_host(tracker):
+    """`--pin-dir` may name maps whose daemon runs in another network
+    namespace (a router's): the CLI there finds it ready, not "starting"."""
+    cp = run_in(None, None, [*CTBPF, "count", "--pin-dir", tracker.pin_dir], timeout=30)
+    assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stderr
+    assert int(cp.stdout.split()[-1]) >= 0
+    cp = run_in(None, None, [*CTBPF, "config", "-o", "json", "--pin-dir", tracker.pin_dir],
+                timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["daemon_pid"] is not None     # its status was found

@@ -156,6 +156,11 @@ class FakeDatapath:
     def __init__(self):
         self.callback = None
         self.ring = []
+        self.listeners = []     # what the relay told the datapath, in order
+
+    def set_event_listeners(self, n):
+        if not self.listeners or self.listeners[-1] != n:
+            self.listeners.append(n)
 
     def open_events(self, callback):
         self.callback = callback
@@ -294,3 +299,21 @@ def test_clients_beyond_the_limit_are_told_and_closed(relay, tmp_path, monkeypat
     assert second.recv(1) == b""   # closed by the daemon
     first.close()
     second.close()
+
+
+def test_the_datapath_is_told_how_many_listen_before_a_client_hears_hello(relay, tmp_path):
+    """With nobody listening the datapath writes no event; a client is
+    counted before its hello, so no event after the hello is missed."""
+    r, daemon = relay
+    assert daemon.datapath.listeners == [0]
+    a = _connect(tmp_path / events.SOCKET_NAME)
+    r.run_once(time.monotonic())
+    assert daemon.datapath.listeners == [0, 1] and _read_until(a, 1)[0]["event"] == "hello"
+    b = _connect(tmp_path / events.SOCKET_NAME)
+    r.run_once(time.monotonic())
+    assert daemon.datapath.listeners[-1] == 2
+    a.close()
+    b.close()
+    r.run_once(time.monotonic())
+    r.run_once(time.monotonic())
+    assert daemon.datapath.listeners[-1] == 0
