@@ -581,13 +581,10 @@ class Tracker:
         c = stats.read_counters(self.pin_dir)
         return {name: c[i] for name, i in STAT.items()}
 
-    def set_events(self, on: bool) -> None:
-        self.set_tunable("events", int(on))
-
     def listen(self, on: bool) -> None:
         """What the daemon's event relay does while a `ctbpf events` client
         is connected: with no listener the datapath emits no event."""
-        configmap.set_event_listeners(self.pin_dir, int(on))
+        self.dp.set_event_listeners(int(on))
 
     def set_tunable(self, name: str, value: int) -> None:
         configmap.write_values(self.pin_dir, {name: value})

@@ -7,8 +7,9 @@ reader: the EventRelay service drains it a few times a second, decodes each
 record once and, when clients are connected, writes one JSON line per event
 to each of them. With no client the datapath emits no event at all (the
 relay keeps the count of its clients in ct_config, CT_CFG_EVENT_LISTENERS),
-as the kernel builds events only for listeners. The sweeper deletes expired entries with an in-kernel program that
-emits DESTROY into the same ring buffer, so its events arrive here too.
+as the kernel builds events only for listeners. The sweeper deletes expired
+entries with an in-kernel program that emits DESTROY into the same ring
+buffer, so its events arrive here too.
 
 The socket speaks JSON lines, the same objects `ctbpf events -o json` prints:
 

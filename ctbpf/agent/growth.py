@@ -54,7 +54,8 @@ class GrowthService:
         if dp is None or dp.assured is None or dp.acct is None:
             return
         sz = sizing.sizes(dp.max_entries, dp.new_max, dp.assured, acct=dp.acct)
-        if sz.grown() is None and sz.acct_grown() is None:
+        next_assured, next_acct = sz.grown(), sz.acct_grown()
+        if next_assured is None and next_acct is None:
             return
         try:
             held = mapmem.pinned_count(self._count, str(dp.pin_dir / "ct_assured"))
@@ -62,8 +63,8 @@ class GrowthService:
         except OSError as e:
             log.warning("cannot read the tables' occupancy: %s", e)
             return
-        assured = sz.grown().assured if sz.should_grow(held) else sz.assured
-        acct = sz.acct_grown().acct if sz.acct_should_grow(records) else sz.acct
+        assured = next_assured.assured if sz.should_grow(held) else sz.assured
+        acct = next_acct.acct if sz.acct_should_grow(records) else sz.acct
         if (assured, acct) == (sz.assured, sz.acct):
             return
         from ctbpf.agent.resize import grow_here  # noqa: PLC0415 - resize imports the daemon's room

@@ -172,24 +172,18 @@ def set_resync_hold(fd: int, on: bool) -> None:
 LISTENERS_SLOT = abi.const("CT_CFG_EVENT_LISTENERS")
 
 
-def set_event_listeners(pin_dir: Path, n: int) -> int:
+def set_event_listeners(pin_dir: Path, n: int) -> None:
     """How many clients the daemon relays events to (0: the datapath emits
-    none). Returns what the slot held before."""
+    none); written only when it differs."""
     fd = bpfsys.obj_get(str(pin_dir / MAP))
     try:
         cfg = abi.CtConfig()
         bpfsys.lookup(fd, ctypes.c_uint32(0), cfg)
-        before = cfg.value[LISTENERS_SLOT]
-        if before != n:
+        if cfg.value[LISTENERS_SLOT] != n:
             cfg.value[LISTENERS_SLOT] = n
             bpfsys.update(fd, ctypes.c_uint32(0), cfg)
-        return before
     finally:
         os.close(fd)
-
-
-def event_listeners(pin_dir: Path) -> int:
-    return read_config(pin_dir).value[LISTENERS_SLOT]
 
 
 LIBERAL_SLOT = abi.const("CT_CFG_TCP_BE_LIBERAL")   # the same slot in every layout so far

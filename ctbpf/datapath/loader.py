@@ -128,8 +128,8 @@ class Datapath:
     # ct_assured's size now (it grows up to max - new_max); None: what is
     # pinned, else sized for an empty table.
     assured: int | None = None
-    # ct_acct's size now (it grows up to what both tables hold); None: as
-    # ct_assured's.
+    # ct_acct's size now (it grows up to what both tables hold); None: what
+    # is pinned, else its first size.
     acct: int | None = None
     # Bytes of the expiry index's ring (a power of two, at least a page);
     # None sizes it from the table. Tests make it small.
