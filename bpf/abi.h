@@ -177,6 +177,7 @@ enum ct_cfg {
 	CT_CFG_RESYNC_HOLD = 24,     /* 1 while a rebuild reconciles: no packet clears a resync mark */
 	CT_CFG_MAX_ENTRIES = 25,     /* conntrack_max, the flows ct_assured may grow to hold with ct_new's */
 	CT_CFG_EVENT_LISTENERS = 26, /* `ctbpf events` clients of the daemon: 0 spares every event */
+	CT_CFG_FAST_PATH = 27,       /* 1: forward ESTABLISHED, ASSURED flows at XDP (bpf/fastpath.h) */
 	CT_CFG_LAYOUT_VERSION = 31, /* written by the loader; checked before pinned maps are reused */
 	CT_CFG_MAX = 32,
 };
@@ -407,6 +408,53 @@ struct ct_policy {
 #define CT_VERDICT_COUNTS 960   /* CT_POLICY_SLOTS * CT_PKT_STATES * CT_VERDICT_MAX */
 struct ct_verdict_counts {
 	__u64 count[CT_VERDICT_COUNTS];
+};
+
+/*
+ * The fast path (bpf/fastpath.h): a packet of an ESTABLISHED, ASSURED flow
+ * that its policy accepts is forwarded at XDP, its next hop from
+ * bpf_fib_lookup, through ct_fwd_ports. Interfaces the agent attached have a
+ * slot (ct_fwd_ifaces: ifindex -> slot), the same in ct_fwd_ports and
+ * ct_fwd_stats. Everything the kernel must see still goes up the stack; the
+ * causes are counted per arriving interface.
+ */
+#define CT_FWD_SLOTS 64
+
+enum ct_fwd_stat {
+	CT_FWD_RX_PACKETS = 0,     /* arrived here, forwarded at XDP */
+	CT_FWD_RX_BYTES = 1,       /* their IP bytes */
+	CT_FWD_TX_PACKETS = 2,     /* forwarded at XDP out of this interface */
+	CT_FWD_TX_BYTES = 3,
+	CT_FWD_PASS_NOT_ASSURED = 4, /* flow not ESTABLISHED and ASSURED, or not accepted by its policy */
+	CT_FWD_PASS_TCP_FLAGS = 5, /* SYN, FIN or RST: the kernel's sockets and ICMP must see them */
+	CT_FWD_PASS_IP_HEADER = 6, /* IP options, IPv6 extension headers, fragments, VLAN tags */
+	CT_FWD_PASS_TTL = 7,       /* TTL or hop limit <= 1: the kernel sends time exceeded */
+	CT_FWD_PASS_LOCAL = 8,     /* to this host, or forwarding is off on the interface */
+	CT_FWD_PASS_NO_ROUTE = 9,  /* no route, or a blackhole, unreachable or prohibit one */
+	CT_FWD_PASS_NO_NEIGH = 10, /* next hop unresolved: the kernel resolves it */
+	CT_FWD_PASS_MTU = 11,      /* larger than the egress MTU: the kernel fragments or refuses */
+	CT_FWD_PASS_NOT_ATTACHED = 12, /* the route leaves through an interface ctbpf is not on */
+	CT_FWD_PASS_NO_XMIT = 13,  /* native XDP in, and the way out cannot send XDP frames */
+	CT_FWD_PASS_CHECKSUM = 14, /* native XDP on a veth, L4 checksum left to offload (or wrong) */
+	CT_FWD_STAT_MAX = 16,
+};
+
+/* ct_fwd_ifaces values: the interface's slot, and what it can do. */
+enum ct_fwd_iface {
+	CT_FWD_IF_SLOT_MASK = 255,
+	CT_FWD_IF_NATIVE = 256,    /* its XDP program runs in native mode: it redirects XDP frames */
+	CT_FWD_IF_XMIT = 512,      /* its driver sends XDP frames (ndo_xdp_xmit; a veth: its peer is ready) */
+	CT_FWD_IF_CSUM = 1024,     /* check L4 checksums of what arrives: a native veth, whose
+				    * frames from a local stack may leave them to offload */
+};
+
+/* An element of ct_fwd_stats (per CPU): the interface it counts for, named
+ * so that `ctbpf stats` can tell it from another namespace. */
+struct ct_fwd_counters {
+	__u32 ifindex;   /* 0: a free slot */
+	__u32 pad;
+	__u8 name[16];
+	__u64 count[CT_FWD_STAT_MAX];
 };
 
 #endif /* CTBPF_ABI_H */

@@ -363,6 +363,8 @@ static __always_inline int ct_track_known(struct ct_key *key, int src_is_hi, str
 		assured = (e->flags & CT_F_ASSURED) && !ct_is_closing(key, e);
 		if (assured != in_assured)
 			ct_move(key, e, in_assured, st);
+		else if (in_assured)
+			vc->fwd = pkt->t.proto != IPPROTO_TCP || e->state == CT_TCP_ESTABLISHED;
 	}
 	ct_count(st, state == CT_PKT_NEW ? CT_STAT_PKT_NEW : CT_STAT_PKT_ESTABLISHED);
 	return state;
@@ -489,8 +491,11 @@ static __always_inline void ct_next_stage(void *ctx, __u32 hook, int stage)
  * every path. The ASSURED stage looks the flow up in ct_assured, as most
  * packets belong there; a miss goes on to ct_new, a miss there to a fresh
  * entry. Returns the verdict (enum ct_verdict); only CT_VERDICT_DROP drops.
+ * With `fwd` (XDP) and the fast path on, *fwd says whether the packet may be
+ * forwarded at XDP (bpf/fastpath.h); it is left alone otherwise.
  */
-static __always_inline int ct_process_flow(void *ctx, __u32 ifindex, __u32 hook, int stage)
+static __always_inline int ct_process_flow(void *ctx, __u32 ifindex, __u32 hook, int stage,
+					   int *fwd)
 {
 	struct ct_vctx vc = { .pol = 0, .verdict = -1 };
 	__u32 zero = 0, slot = hook & 1;
@@ -499,7 +504,7 @@ static __always_inline int ct_process_flow(void *ctx, __u32 ifindex, __u32 hook,
 	struct ct_scratch *sc = ct_scratch.lookup(&slot);
 	struct ct_entry *e = 0;
 	__u64 now = ct_now();
-	int state;
+	int state, state_verdict;
 
 	if (!cfg || !st || !sc)
 		return CT_VERDICT_ACCEPT; /* cannot happen: array elements always exist */
@@ -527,7 +532,10 @@ static __always_inline int ct_process_flow(void *ctx, __u32 ifindex, __u32 hook,
 			return CT_VERDICT_ACCEPT;
 		}
 	}
-	return ct_finish(&vc, state, &sc->pkt, st);
+	state_verdict = ct_finish(&vc, state, &sc->pkt, st);
+	if (fwd && cfg->value[CT_CFG_FAST_PATH])
+		*fwd = ct_fwd_cause(vc.fwd, state, state_verdict, &sc->pkt);
+	return state_verdict;
 }
 
 #endif /* CTBPF_CONNTRACK_H */

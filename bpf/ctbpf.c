@@ -37,6 +37,7 @@ struct frag_hdr {
 #include "icmp.h"
 #include "policy.h"
 #include "scratch.h"
+#include "fastpath.h"
 #include "conntrack.h"
 #include "sweep.h"
 
@@ -69,17 +70,45 @@ int ctbpf_xdp(struct xdp_md *ctx)
 	return v == CT_VERDICT_DROP ? XDP_DROP : XDP_PASS;
 }
 
-/* The stages of a flow's frame (enum ct_stage), XDP then TC. */
-#define CT_XDP_STAGE(stage)                                                      \
-	ct_process_flow(ctx, ctx->ingress_ifindex, CT_HOOK_IN, stage) == CT_VERDICT_DROP ? \
-		XDP_DROP : XDP_PASS
+/* A stage of a flow's frame at XDP (enum ct_stage): dropped, forwarded by
+ * the fast path, or passed up the stack. */
+static __always_inline int ct_xdp_stage(struct xdp_md *ctx, int stage)
+{
+	int fwd = CT_FWD_OFF;
+
+	__u32 zero = 0;
+	__s32 *handover;
+
+	if (ct_process_flow(ctx, ctx->ingress_ifindex, CT_HOOK_IN, stage, &fwd) == CT_VERDICT_DROP)
+		return XDP_DROP;
+	if (fwd == CT_FWD_OFF)
+		return XDP_PASS;
+	/* The fast path is a program of its own: inlined here, the verifier
+	 * would walk it again at the end of every path through the tracker. */
+	handover = ct_fwd_handover.lookup(&zero);
+	if (!handover)
+		return XDP_PASS;
+	*handover = fwd;
+	ct_jump_xdp.call(ctx, CT_JUMP_BASE + CT_STAGE_FWD);
+	return XDP_PASS;   /* its slot is empty: up the stack, as without it */
+}
+
+int ctbpf_xdp_fwd(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__s32 *cause = ct_fwd_handover.lookup(&zero);
+
+	return cause ? ct_fast_path(ctx, *cause) : XDP_PASS;
+}
+
+/* The TC stages (egress: the host's own packets, never fast-pathed). */
 #define CT_TC_STAGE(stage)                                                       \
-	ct_process_flow(skb, skb->ifindex, CT_HOOK_OUT, stage) == CT_VERDICT_DROP ?       \
+	ct_process_flow(skb, skb->ifindex, CT_HOOK_OUT, stage, 0) == CT_VERDICT_DROP ?    \
 		TC_ACT_SHOT : TC_ACT_OK
 
-int ctbpf_xdp_assured(struct xdp_md *ctx) { return CT_XDP_STAGE(CT_STAGE_ASSURED); }
-int ctbpf_xdp_new(struct xdp_md *ctx) { return CT_XDP_STAGE(CT_STAGE_NEW); }
-int ctbpf_xdp_fresh(struct xdp_md *ctx) { return CT_XDP_STAGE(CT_STAGE_FRESH); }
+int ctbpf_xdp_assured(struct xdp_md *ctx) { return ct_xdp_stage(ctx, CT_STAGE_ASSURED); }
+int ctbpf_xdp_new(struct xdp_md *ctx) { return ct_xdp_stage(ctx, CT_STAGE_NEW); }
+int ctbpf_xdp_fresh(struct xdp_md *ctx) { return ct_xdp_stage(ctx, CT_STAGE_FRESH); }
 int ctbpf_tc_assured(struct __sk_buff *skb) { return CT_TC_STAGE(CT_STAGE_ASSURED); }
 int ctbpf_tc_new(struct __sk_buff *skb) { return CT_TC_STAGE(CT_STAGE_NEW); }
 int ctbpf_tc_fresh(struct __sk_buff *skb) { return CT_TC_STAGE(CT_STAGE_FRESH); }

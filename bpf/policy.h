@@ -15,6 +15,7 @@ _Static_assert(CT_VERDICT_COUNTS == CT_POLICY_SLOTS * CT_PKT_STATES * CT_VERDICT
 struct ct_vctx {
 	const struct ct_policy *pol;
 	int verdict;
+	int fwd;   /* the entry is ESTABLISHED, ASSURED and stays in ct_assured (fast path) */
 };
 
 /* Branch-free on purpose: the verifier walks this once per rule on every

@@ -32,6 +32,7 @@ enum ct_stage {
 	CT_STAGE_NEW = 1,      /* not there: looked up in ct_new */
 	CT_STAGE_FRESH = 2,    /* in neither: a new flow, or a reopened one */
 	CT_STAGES = 3,
+	CT_STAGE_FWD = 3,      /* the fast path, XDP only (bpf/fastpath.h) */
 };
 
 /* Index = the hook (CT_HOOK_IN, CT_HOOK_OUT): XDP and TC never share one. */
@@ -43,6 +44,7 @@ BPF_TABLE_PINNED("prog", __u32, __u32, ct_jump_xdp, CT_JUMP_SLOTS, CT_PIN_DIR "/
 BPF_TABLE_PINNED("prog", __u32, __u32, ct_jump_tc, CT_JUMP_SLOTS, CT_PIN_DIR "/ct_jump_tc");
 
 _Static_assert(CT_JUMP_BASE == (CT_LAYOUT_VERSION % 4) * 4, "CT_JUMP_BASE follows the layout");
-_Static_assert(CT_JUMP_BASE + CT_STAGES <= CT_JUMP_SLOTS, "the stages fit the program arrays");
+_Static_assert(CT_JUMP_BASE + CT_STAGE_FWD < CT_JUMP_SLOTS, "the stages fit the program arrays");
+_Static_assert(CT_STAGE_FWD < 4, "a layout's programs keep to its four slots");
 
 #endif /* CTBPF_SCRATCH_H */

@@ -95,6 +95,7 @@ CtPolicyKey = STRUCTS["ct_policy_key"]
 CtNewRule = STRUCTS["ct_new_rule"]
 CtPolicy = STRUCTS["ct_policy"]
 CtVerdictCounts = STRUCTS["ct_verdict_counts"]
+CtFwdCounters = STRUCTS["ct_fwd_counters"]
 
 
 def members(enum: str, prefix: str) -> dict[int, str]:

@@ -65,7 +65,10 @@ TUNABLES: tuple[Tunable, ...] = (
 )
 
 TUNABLES += (Tunable("events", abi.const("CT_CFG_EVENTS"), 1, 0, 1, "bool",
-                     "emit NEW/UPDATE/DESTROY events from the datapath (nf_conntrack_events)"),)
+                     "emit NEW/UPDATE/DESTROY events from the datapath (nf_conntrack_events)"),
+             Tunable("fast_path", abi.const("CT_CFG_FAST_PATH"), 0, 0, 1, "bool",
+                     "forward ESTABLISHED, ASSURED flows at XDP: they skip the kernel's "
+                     "routing and its forward hooks (docs/fastpath.md)"),)
 
 BY_NAME = {t.name: t for t in TUNABLES}
 

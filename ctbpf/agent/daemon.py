@@ -24,6 +24,7 @@ from ctbpf import tunables
 from ctbpf.agent import adoption, configfile, pinlock, reloader
 from ctbpf.agent.events import EventRelay
 from ctbpf.agent.growth import GrowthService
+from ctbpf.agent.linkwatch import LinkWatch
 from ctbpf.agent.resize import ResizeService
 from ctbpf.agent.runstatus import run_dir
 from ctbpf.agent.sweeper import Sweeper
@@ -145,6 +146,26 @@ def _remove_failed_start(pin_dir: Path, lock, fresh: bool) -> None:
             pass
 
 
+def _xdp_mode_for(dp, args) -> str:
+    """--xdp-mode, except that with the fast path on, `auto` takes generic
+    mode everywhere when a NIC among the interfaces cannot send XDP frames
+    (no ndo_xdp_xmit): native programs could not forward to it, generic
+    ones can. Said in one line."""
+    from ctbpf.datapath import xdpfeatures  # noqa: PLC0415
+    from ctbpf.datapath.loader import link_kind  # noqa: PLC0415
+
+    if args.xdp_mode != "auto" or not dp.fast_path_on():
+        return args.xdp_mode
+    lacking = [n for n in args.iface if link_kind(ifindex(n)) != "veth"
+               and not xdpfeatures.takes_xdp_frames(ifindex(n))]
+    if not lacking:
+        return "auto"
+    print(f"ctbpf: fast path: {', '.join(lacking)} cannot send XDP frames (no ndo_xdp_xmit): "
+          f"using generic XDP on every interface, so that it forwards to them too",
+          file=sys.stderr, flush=True)
+    return "generic"
+
+
 def _start(daemon: Daemon, dp, cfg, cli_mode) -> None:
     """From a loaded datapath to the ready line: policy, probes, attach,
     services, status file. Services started are listed in daemon.started,
@@ -168,11 +189,20 @@ def _start(daemon: Daemon, dp, cfg, cli_mode) -> None:
     for service in daemon.services:
         if service.name == "sweeper" and not daemon.features.ring_mmap.ok:
             service.use_index = False
-    modes = []
+    modes, xdp_mode = [], _xdp_mode_for(dp, args)
     for name in args.iface:
-        modes.append(f"{name} ({dp.attach_xdp(name, args.xdp_mode)})")
+        modes.append(f"{name} ({dp.attach_xdp(name, xdp_mode)})")
         if args.egress:
             dp.attach_tc_egress(name)
+    no_xmit = dp.set_fast_path_ifaces(args.iface)
+    if dp.fast_path_on():
+        print(f"ctbpf: fast path on: ESTABLISHED, ASSURED flows are forwarded at XDP between "
+              f"{', '.join(args.iface)}, skipping the kernel's forward hooks",
+              file=sys.stderr, flush=True)
+        if no_xmit:
+            print(f"ctbpf: fast path: {', '.join(no_xmit)} cannot send XDP frames (no "
+                  f"ndo_xdp_xmit; a veth needs GRO or an XDP program on its peer): what "
+                  f"native XDP would forward there goes up the stack", file=sys.stderr, flush=True)
     adoption.report_adoption(dp)
     for service in daemon.services:
         service.start(daemon)
@@ -243,6 +273,8 @@ def run(args) -> int:
     daemon.add_service(ResizeService())
     # ct_assured made small and grown with the flows it holds (ctbpf/agent/growth.py).
     daemon.add_service(GrowthService())
+    # An attached interface that disappears is let go of, with one line.
+    daemon.add_service(LinkWatch())
     cli_mode = getattr(args, "mode", None)
     if cfg is not None:
         daemon.reload_hooks.append(reloader.Reloader(daemon, cfg.path, cli_max, args.max,
@@ -253,6 +285,8 @@ def run(args) -> int:
     kept = None   # with --keep-attached: what stays attached after we exit
     try:
         values = cfg.datapath_values() if cfg is not None else None
+        if getattr(args, "fast_path", None) is not None:   # the command line wins
+            values = dict(values or {}, fast_path=int(args.fast_path))
         # One daemon per pin dir; what is pinned is kept, resized, migrated
         # or (--discard-state) dropped loudly (ctbpf/agent/adoption.py).
         with pinlock.lock_for_daemon(pin_dir) as lock:

@@ -76,6 +76,7 @@ class TrackerCollector:
         yield from self._packets(counters)
         yield from self._stats(counters, occ)
         yield from self._policy(counters)
+        yield from self._fast_path()
         info = InfoMetricFamily("ctbpf_build", "ctbpf build information")
         how = self.features.occupancy if self.features is not None else "batch"
         info.add_metric([], {"version": __version__, "layout_version": str(abi.LAYOUT_VERSION),
@@ -139,6 +140,33 @@ class TrackerCollector:
             direction, _, iface = name.partition(".")
             fam.add_metric([iface, direction, state, verdict], n)
         yield fam
+
+    def _fast_path(self):
+        from ctbpf.datapath import configmap, fastpath  # noqa: PLC0415
+
+        yield GaugeMetricFamily("ctbpf_fast_path", "1 when ESTABLISHED, ASSURED flows are "
+                                "forwarded at XDP (fast_path)",
+                                value=int(configmap.fast_path_on(self.pin_dir)))
+        per = fastpath.read(self.pin_dir)
+        fwd = CounterMetricFamily("ctbpf_fast_path_packets", "Packets forwarded at XDP, by "
+                                  "interface and direction (in: arrived there, out: sent "
+                                  "there)", labels=["interface", "direction"])
+        fwd_bytes = CounterMetricFamily("ctbpf_fast_path_bytes", "IP bytes forwarded at XDP, "
+                                        "by interface and direction",
+                                        labels=["interface", "direction"])
+        passed = CounterMetricFamily("ctbpf_fast_path_passed_packets", "Packets of tracked "
+                                     "flows the fast path left to the kernel, by arriving "
+                                     "interface and cause", labels=["interface", "cause"])
+        for iface, c in per.items():
+            fwd.add_metric([iface, "in"], c["rx_packets"])
+            fwd.add_metric([iface, "out"], c["tx_packets"])
+            fwd_bytes.add_metric([iface, "in"], c["rx_bytes"])
+            fwd_bytes.add_metric([iface, "out"], c["tx_bytes"])
+            for cause in fastpath.PASS_CAUSES.values():
+                passed.add_metric([iface, cause], c["pass_" + cause])
+        yield fwd
+        yield fwd_bytes
+        yield passed
 
     def _stats(self, c, occ):
         def counter(name, doc, value):

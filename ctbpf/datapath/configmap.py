@@ -204,3 +204,8 @@ def make_liberal(fd: int) -> bytes:
 def restore(fd: int, raw: bytes) -> None:
     """Write back a ct_config value make_liberal() returned."""
     bpfsys.update(fd, ctypes.c_uint32(0), ctypes.create_string_buffer(raw, len(raw)))
+
+
+def fast_path_on(pin_dir: Path) -> bool:
+    """Whether the fast path forwards (the fast_path tunable)."""
+    return bool(read_config(pin_dir).value[abi.const("CT_CFG_FAST_PATH")])

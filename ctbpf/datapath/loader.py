@@ -4,6 +4,11 @@
 whatever the exit (BCC's own cleanup detaches neither XDP nor TC). Maps are
 pinned in the pin directory; a tracker started again on the same directory
 reuses them, after checking their layout version and sizes.
+
+Longer than 500 lines because Datapath is one object that the daemon's
+services share for the life of the agent: loading, attaching and adopting
+hooks, and carrying them through a rebuild (take_over) belong together;
+what each map holds lives in its own module (sizing, fastpath, sweepprog).
 """
 
 from __future__ import annotations
@@ -116,6 +121,10 @@ class _Attachment:
     flags: int = 0
     created_clsact: bool = False
 
+    @property
+    def native(self) -> bool:
+        return self.kind == "xdp" and bool(self.flags & XDP_MODES["native"])
+
 
 @dataclass
 class Datapath:
@@ -146,6 +155,9 @@ class Datapath:
     adoptable: set = field(default_factory=set)
     # (interface, kind, replaced program id) for each hook taken over.
     adopted: list = field(default_factory=list)
+    # Interfaces the fast path forwards between (bpf/fastpath.h), by name.
+    fast_ifaces: list = field(default_factory=list)
+    _fast_flags: dict = field(default_factory=dict)
 
     def load(self, values: dict[str, int] | None = None) -> "Datapath":
         """Compile and load the programs; create or reuse the pinned maps.
@@ -390,6 +402,50 @@ class Datapath:
         self._attached.append(_Attachment(ifname, index, "tc-egress", created_clsact=created))
         log.info("TC egress attached to %s", ifname)
 
+    def set_fast_path_ifaces(self, names: list[str]) -> list[str]:
+        """The interfaces the fast path may forward between (see
+        ctbpf/datapath/fastpath.py); returns those native-mode ones cannot
+        forward to, for the caller to say."""
+        from ctbpf.datapath import fastpath  # noqa: PLC0415
+
+        native = {a.ifname for a in self._attached if a.native}
+        pairs = [(n, ifindex(n)) for n in names]
+        try:
+            self._fast_flags, no_xmit = fastpath.install(
+                self._bpf, self.pin_dir, pairs, native,
+                {n for n, index in pairs if link_kind(index) == "veth"})
+        except fastpath.SlotsFull as e:
+            raise UsageError(str(e)) from None
+        self.fast_ifaces = list(names)
+        return no_xmit
+
+    def fast_path_changed(self) -> bool:
+        """Whether what the fast path's interfaces can do changed since it
+        was set (a veth's peer got or lost its XDP program or GRO)."""
+        from ctbpf.datapath import fastpath  # noqa: PLC0415
+
+        return fastpath.changed(self._fast_flags)
+
+    def fast_path_on(self) -> bool:
+        return configmap.fast_path_on(self.pin_dir)
+
+    def forget_iface(self, ifname: str) -> None:
+        """An interface that is gone: its attachments and its fast-path slot
+        are dropped (the kernel detached our programs with it)."""
+        from ctbpf.datapath import fastpath  # noqa: PLC0415
+
+        gone = [a.index for a in self._attached if a.ifname == ifname]
+        self._attached = [a for a in self._attached if a.ifname != ifname]
+        if ifname in self.fast_ifaces:
+            self.fast_ifaces.remove(ifname)
+            for index in gone[:1]:
+                self._fast_flags.pop(index, None)
+                fastpath.uninstall(self._bpf, self.pin_dir, index)
+
+    def attached_indexes(self) -> dict[str, int]:
+        """Interface -> the index it had when XDP was attached there."""
+        return {a.ifname: a.index for a in self._attached if a.kind == "xdp"}
+
     def attachments(self) -> list[tuple[str, str]]:
         return [(a.ifname, a.kind) for a in self._attached]
 
@@ -423,6 +479,8 @@ class Datapath:
         self.pin_dir, self.max_entries = other.pin_dir, other.max_entries
         self.new_max, self.assured, self.acct = other.new_max, other.assured, other.acct
         self.adoptable |= other.adoptable
+        if self.fast_ifaces:   # the new programs' own interface maps
+            self.set_fast_path_ifaces(self.fast_ifaces)
         if old is not None:
             old.cleanup()
         callback, self._on_event = self._on_event, None

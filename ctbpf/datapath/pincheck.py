@@ -34,7 +34,8 @@ def check_pinned(pin_dir: Path, sz: sizing.Sizes) -> bool:
               # packets; its value is the datapath's own business.
               "ct_scratch": (4, None, 2),
               "ct_jump_xdp": (4, 4, abi.const("CT_JUMP_SLOTS")),
-              "ct_jump_tc": (4, 4, abi.const("CT_JUMP_SLOTS"))}
+              "ct_jump_tc": (4, 4, abi.const("CT_JUMP_SLOTS")),
+              "ct_fwd_stats": (4, ctypes.sizeof(abi.CtFwdCounters), abi.const("CT_FWD_SLOTS"))}
     if "ct_config" in present:
         version = layout_version(pin_dir)
         if version != abi.LAYOUT_VERSION:

@@ -32,7 +32,8 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_@.+/-]+$")
 _MAX_SCAN = 512  # processes looked at before giving up
 
 MAP_NAMES = ("ct_new", "ct_assured", "ct_acct", "ct_config", "ct_stats", "ct_events", "ct_timers",
-             "ct_policy", "ct_verdicts", "ct_scratch", "ct_jump_xdp", "ct_jump_tc")
+             "ct_policy", "ct_verdicts", "ct_scratch", "ct_jump_xdp", "ct_jump_tc",
+             "ct_fwd_stats")
 # Programs the control plane runs without compiling (the sweep program, for
 # `ctbpf delete`); replaced with the maps on every load.
 PROG_SWEEP = "prog_sweep"

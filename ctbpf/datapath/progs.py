@@ -21,6 +21,8 @@ SWEEP_FUNC = "ctbpf_sweep"
 STAGES = ("assured", "new", "fresh")
 STAGE_FUNCS = tuple((f"ctbpf_{hook}_{stage}", f"ct_jump_{hook}", i)
                     for hook in ("xdp", "tc") for i, stage in enumerate(STAGES))
+# The fast path (bpf/fastpath.h), after the XDP stages: verified on its own.
+STAGE_FUNCS += (("ctbpf_xdp_fwd", "ct_jump_xdp", len(STAGES)),)
 TC_STAGE_NAMES = tuple(name for name, table, _ in STAGE_FUNCS if table == "ct_jump_tc")
 
 # Our filter's priority on clsact egress, so that detaching removes ours only.

@@ -1,5 +1,7 @@
 """ctbpf run: load, attach and track in the foreground."""
 
+import argparse
+
 from ctbpf.cli.commands.common import add_pin_dir
 
 NAME = "run"
@@ -15,6 +17,11 @@ def add_arguments(p) -> None:
     p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
                    help="auto (default): native XDP on NICs, generic on veth (native XDP "
                         "on veth turns GSO/GRO off for the link), falling back to the other")
+    p.add_argument("--fast-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="forward packets of ESTABLISHED, ASSURED flows at XDP between the "
+                        "--iface interfaces: they skip the kernel's routing and its forward "
+                        "hooks, as flowtables do (docs/fastpath.md). Default: the config "
+                        "file's fast_path, else what is pinned, else off")
     p.add_argument("--max", type=int, default=None, metavar="N",
                    help="conntrack_max: flows tracked in all, ASSURED or not (default: the "
                         "config file's max, else 8 x its buckets, else 65536)")

@@ -14,9 +14,15 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ctbpf.datapath import stats  # noqa: PLC0415
+    from ctbpf.datapath import configmap, fastpath, stats  # noqa: PLC0415
 
     pin_dir = existing_pin_dir(args)
     s = stats.read(pin_dir)   # early_drop included
-    print(json.dumps(s) if args.output == "json" else stats.text(s))
+    on = configmap.fast_path_on(pin_dir)
+    per_iface = fastpath.read(pin_dir)
+    if args.output == "json":
+        print(json.dumps(dict(s, fast_path={"on": on, "interfaces": per_iface})))
+    else:
+        print(stats.text(s))
+        print(fastpath.text(per_iface, on))
     return 0
