@@ -221,10 +221,11 @@ static __always_inline int ct_fwd_csum_check(struct ethhdr *eth, void *end)
 static __always_inline int ct_fwd_cause(int eligible, int state, int verdict,
 					const struct ct_pkt *pkt)
 {
-	if (!eligible || state != CT_PKT_ESTABLISHED || verdict != CT_VERDICT_ACCEPT)
-		return CT_FWD_PASS_NOT_ASSURED;
+	/* First: a FIN or RST also ends the entry's ASSURED rest in ct_assured. */
 	if (pkt->t.proto == IPPROTO_TCP && (pkt->tcp_flags & (TCPF_SYN | TCPF_FIN | TCPF_RST)))
 		return CT_FWD_PASS_TCP_FLAGS;
+	if (!eligible || state != CT_PKT_ESTABLISHED || verdict != CT_VERDICT_ACCEPT)
+		return CT_FWD_PASS_NOT_ASSURED;
 	return CT_FWD_GO;
 }
 
