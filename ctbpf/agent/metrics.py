@@ -144,6 +144,8 @@ class TrackerCollector:
     def _fast_path(self):
         from ctbpf.datapath import configmap, fastpath  # noqa: PLC0415
 
+        if not (self.pin_dir / fastpath.MAP).exists():
+            return
         yield GaugeMetricFamily("ctbpf_fast_path", "1 when ESTABLISHED, ASSURED flows are "
                                 "forwarded at XDP (fast_path)",
                                 value=int(configmap.fast_path_on(self.pin_dir)))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CTBPF, REPO, run_in
+from conftest import CTBPF, REPO
 from ctbpf.lab.traffic import parse_result
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
@@ -32,6 +32,27 @@ pytestmark = [pytest.mark.netns, pytest.mark.bpf]
 PEER = Path(__file__).with_name("fastpeer.py")
 END_FEATURES = {"generic": ["tso", "off", "gso", "off"],
                 "native": ["gro", "on", "tx", "off"]}
+
+
+METRICS_PORT = 9477   # in the router's own namespace: no other test's
+
+
+def _scrape(lab) -> str:
+    cp = lab.exec("router", [sys.executable, "-c", "import urllib.request, sys; sys.stdout.write("
+                             f"urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', "
+                             "timeout=10).read().decode())"], timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    return cp.stdout
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"{name}{labels} not in the metrics")
 
 
 def _port() -> int:
@@ -46,7 +67,7 @@ def fast(request, lab, pin_dir, start_tracker):
         cp = lab.exec(ns, ["ethtool", "-K", "eth0", *END_FEATURES[mode]], timeout=10)
         assert cp.returncode == 0, cp.stderr
     tr = start_tracker(pin_dir, extra=["--fast-path", "--xdp-mode", mode,
-                                       "--metrics-addr", "none"])
+                                       "--metrics-addr", f"127.0.0.1:{METRICS_PORT}"])
     assert f"cli0 ({mode})" in tr.ready_line and f"srv0 ({mode})" in tr.ready_line
     yield lab, tr, mode
     tr.stop()
@@ -177,6 +198,13 @@ def test_udp_request_response_arrives_with_one_hop_less(fast, family):
     flows = [f for f in tr.list_json() if f["proto"] == "udp" and f["orig"]["dport"] == port]
     assert len(flows) == 1 and "ASSURED" in flows[0]["flags"], flows
     assert flows[0]["packets"]["orig"] == 40 and flows[0]["packets"]["reply"] == 40, flows
+    # The metrics say the same as `ctbpf stats`.
+    st, text = _fast_stats(tr), _scrape(lab)
+    assert _metric(text, "ctbpf_fast_path") == 1
+    assert _metric(text, "ctbpf_fast_path_packets_total", interface="cli0",
+                   direction="in") == st["cli0"]["rx_packets"]
+    assert _metric(text, "ctbpf_fast_path_passed_packets_total", interface="cli0",
+                   cause="not_assured") == st["cli0"]["pass_not_assured"]
 
 
 @pytest.mark.parametrize("family", [4, 6])
