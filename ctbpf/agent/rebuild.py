@@ -66,7 +66,7 @@ from ctbpf import abi, tunables
 from ctbpf.agent import acctcopy, resync
 from ctbpf.agent.staging import remove_stale_temp, temp_pin_dir
 from ctbpf.agent.migrations import Migration
-from ctbpf.datapath import bpfsys, configmap, pins, sizing
+from ctbpf.datapath import bpfsys, configmap, fastpath, pins, sizing
 from ctbpf.datapath.hookswap import SWAP_GRACE_S, find_hooks, swap_hooks
 from ctbpf.datapath.progs import STAGE_FUNCS, SWEEP_FUNC, programs_using
 from ctbpf.datapath.rawmaps import (ENTRY_SIZE, KEY_SIZE, STATS_SIZE, STAT_DELETE, STAT_SWEPT,
@@ -215,6 +215,7 @@ class Rebuild:
             self._copy_config()
             self._copy_counters()
             self._copy_policy()
+            fastpath.copy_slots(self.pin_dir, self.tmp)
             self._copy_entries(self._snap)
         except BaseException:
             self.abort()

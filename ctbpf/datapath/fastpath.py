@@ -137,6 +137,27 @@ def uninstall(bpf, pin_dir: Path, index: int) -> None:
     release_slot(pin_dir, slot)
 
 
+def copy_slots(old_dir: Path, new_dir: Path) -> None:
+    """Every slot, counts included, from one pin dir's ct_fwd_stats to
+    another's (a rebuild's new maps); nothing when the old has none. The
+    packets forwarded between the copy and the swap are not carried: a
+    rebuild's few milliseconds."""
+    if not (old_dir / MAP).exists():
+        return
+    old, new = bpfsys.obj_get(str(old_dir / MAP)), bpfsys.obj_get(str(new_dir / MAP))
+    try:
+        if bpfsys.map_info(old).value_size != _SIZE:
+            return
+        ncpu = bpfsys.possible_cpus()
+        buf = ctypes.create_string_buffer(_STRIDE * ncpu)
+        for slot in range(SLOTS):
+            bpfsys.lookup(old, ctypes.c_uint32(slot), buf)
+            bpfsys.update(new, ctypes.c_uint32(slot), buf)
+    finally:
+        os.close(old)
+        os.close(new)
+
+
 def release_slot(pin_dir: Path, slot: int) -> None:
     """Free an interface's slot (it is gone)."""
     fd = bpfsys.obj_get(str(pin_dir / MAP))

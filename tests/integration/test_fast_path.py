@@ -323,3 +323,22 @@ def test_a_removed_interface_is_let_go_and_the_others_keep_forwarding(lab, pin_d
     assert gone == ["ctbpf: interface x0 is gone: no longer tracked there; still tracking on "
                     "cli0, srv0"], tr.stderr
     assert "Traceback" not in tr.stderr
+
+
+def test_a_resize_keeps_the_fast_path_forwarding(lab, pin_dir, start_tracker):
+    """`ctbpf set max=N` rebuilds the datapath on new maps: the new programs
+    get the interfaces' slots again, and the counters go on where they were."""
+    for ns in ("client", "server"):
+        lab.exec(ns, ["ethtool", "-K", "eth0", "tso", "off", "gso", "off"], timeout=10)
+    tr = start_tracker(pin_dir, extra=["--fast-path", "--max", "4096", "--metrics-addr", "none"])
+    result, _ = _transfer(lab, tr, 4, 200_000)
+    before = _fast_stats(tr)
+    assert result["received"] == 200_000 and before["cli0"]["rx_packets"] > 50, before
+    cp = tr.cli("set", "max=16384", timeout=120)
+    assert "-> 16384" in cp.stdout, cp.stdout
+    result, _ = _transfer(lab, tr, 4, 200_000)
+    d = _delta(_fast_stats(tr), before)
+    assert result["received"] == 200_000
+    assert d["cli0"]["rx_packets"] > 50 and d["srv0"]["rx_packets"] > 50, d
+    tr.stop()
+    assert "Traceback" not in tr.stderr
