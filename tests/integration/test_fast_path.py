@@ -342,3 +342,29 @@ def test_a_resize_keeps_the_fast_path_forwarding(lab, pin_dir, start_tracker):
     assert d["cli0"]["rx_packets"] > 50 and d["srv0"]["rx_packets"] > 50, d
     tr.stop()
     assert "Traceback" not in tr.stderr
+
+
+def test_native_xdp_into_a_veth_that_cannot_take_xdp_frames(lab, pin_dir, start_tracker):
+    """A veth whose peer has neither GRO nor an XDP program drops the XDP
+    frames redirected into it: ctbpf says so in one line and sends those
+    packets up the stack instead; when the peer turns GRO on, it forwards."""
+    tr = start_tracker(pin_dir, extra=["--fast-path", "--xdp-mode", "native",
+                                       "--metrics-addr", "none"])
+    for ns in ("client", "server"):
+        lab.exec(ns, ["ethtool", "-K", "eth0", "tx", "off"], timeout=10)
+    result, _ = _transfer(lab, tr, 4, 200_000)
+    st = _fast_stats(tr)
+    assert result["received"] == 200_000
+    assert st["cli0"]["pass_no_xmit"] > 50 and st["cli0"]["rx_packets"] == 0, st
+    for ns in ("client", "server"):
+        lab.exec(ns, ["ethtool", "-K", "eth0", "gro", "on"], timeout=10)
+    time.sleep(1.2)   # the agent looks again every half second
+    result, _ = _transfer(lab, tr, 4, 200_000)
+    d = _delta(_fast_stats(tr), st)
+    assert result["received"] == 200_000
+    assert d["cli0"]["rx_packets"] > 50 and d["cli0"]["pass_no_xmit"] == 0, d
+    tr.stop()
+    said = [line for line in tr.stderr.splitlines() if "cannot send XDP frames" in line]
+    assert said == ["ctbpf: fast path: cli0, srv0 cannot send XDP frames (no ndo_xdp_xmit; a "
+                    "veth needs GRO or an XDP program on its peer): what native XDP would "
+                    "forward there goes up the stack"], tr.stderr
