@@ -15,6 +15,6 @@ from pathlib import Path
 #: Every benchmark, in the order `make bench` runs them. A name whose module
 #: is not written yet is left out, so modules can land one at a time.
 ORDER = ("datapath", "scale", "memory", "sweep", "controlplane", "forwarding", "flood",
-         "dpcompare", "injection")
+         "fibcache", "dpcompare", "injection")
 
 BENCHMARKS = tuple(n for n in ORDER if (Path(__file__).parent / f"{n}.py").exists())
