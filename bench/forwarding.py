@@ -115,6 +115,31 @@ is built (no veth skb-to-XDP conversion), with the generator on another
 machine so its CPU share does not compress the ratios. See
 `tracking_ns_per_packet` for the per-packet costs.
 
+**The generator cells** (bench/fwdlive.py, `--forwarding-senders`). The
+timed packets come from bench/livegen.py (XDP frames, no skb per packet;
+live frames are refused here with EPERM, so its XDP loop) in the client
+namespace, with the same tuples, sequence and acknowledgement numbers as
+trafgen's; the flows are made by trafgen exactly as above (sent with its
+rate option, blocking sendto, since its TX ring exits on EAGAIN against a
+native-XDP veth). Frames redirected into a veth arrive only where its peer
+runs native XDP, so every configuration has native XDP on cli0 and srv0:
+ctbpf with `--xdp-mode native`, and `none` / `nf_conntrack` with an empty
+XDP_PASS program in native mode (bench/traffic/xdp_pass.py) - not GRO,
+which would merge the TCP segments. The server's sink is a native XDP_DROP
+program on its eth0 (bench/traffic/xdp_drop.py), which also lets the fast
+path's native redirect into srv0 reach it (`pass_no_xmit` is in the raw
+data, per run). CPUs: the generator's loop runs in CPU 0's softirq
+(`--cpu 0`); cli0 and srv0 have threaded NAPI, their threads pinned to
+CPU 1, where the router's work (and the server's XDP drop, scheduled
+from it) runs. ctbpf runs with `--new-max` = max/2 (the default max/16
+holds 16,384 unassured flows: 100,000 handshakes made in phases overflow
+it) and `--keep-attached` between rounds, its maps kept, so that
+ct_assured, grown once per variant at the first round (about 20 s), holds
+the 100,000 flows. UDP windows open 2.3 s after the replies (a UDP flow is
+ASSURED at its first packet 2 s after the reply). Figures: the server's rx
+over the window; the generator's pps (frames the router took in) and the
+frames it tried per second, and the delivered fraction, beside each.
+
 **Targets.** ctbpf >= 1.5 x nf_conntrack's forwarded pps on established
 flows (the TCP 100,000-flow cell; the other established cells are in the
 raw data and the plot) and >= 2 x its new flows per second (the TCP SYN
@@ -168,6 +193,9 @@ def add_arguments(g) -> None:
                    help=f"router configurations among {', '.join(CONFIGS)} (default all)")
     g.add_argument("--forwarding-max-packets", type=int, default=20_000_000, metavar="N",
                    help="trafgen -n bound of one run (default 20000000)")
+    from bench import fwdlive  # noqa: PLC0415 - fwdlive imports this module
+
+    fwdlive.add_arguments(g)
 
 
 def _split(text: str, allowed) -> list[str]:
@@ -316,6 +344,7 @@ class Router:
         self.pin_dir = BPFFS / f"ctbpf-bench-{self.tag}-{secrets.token_hex(4)}"
         argv = [sys.executable, "-m", "ctbpf", "run", "--iface", "cli0", "--iface", "srv0",
                 "--pin-dir", str(self.pin_dir), "--max", str(self.nf_max),
+                "--new-max", str(self.nf_max // 2),
                 "--xdp-mode", "auto", "--metrics-addr", "none"]
         self.tracker = self.lab.popen("router", argv, env=self.lab.traffic_env(), cwd=ROOT)
         self._wait_ready("ctbpf: tracking on ")
@@ -503,6 +532,26 @@ def measure(r: Router, proto: str, flows: str, seconds: float, max_packets: int)
 
 
 def run(args) -> dict:
+    """The trafgen cells, then the generator cells (bench/fwdlive.py), as
+    --forwarding-senders says; one result holding both."""
+    from bench import fwdlive  # noqa: PLC0415
+
+    senders = _split(args.forwarding_senders, ("trafgen", "livegen"))
+    if "livegen" in senders:   # its options checked before anything runs
+        fwdlive.check_args(args)
+    result = run_trafgen(args) if "trafgen" in senders else {
+        "settings": {}, "targets": [], "plots": [], "notes": NOTES}
+    if "livegen" in senders:
+        print("  generator cells (bench/livegen.py, native XDP, threaded NAPI)", flush=True)
+        live = fwdlive.run(args)
+        result["live"] = live
+        result["targets"] = result["targets"] + live.pop("targets")
+        result["plots"] = result["plots"] + live.pop("plots", [])
+    result["settings"]["senders"] = senders
+    return result
+
+
+def run_trafgen(args) -> dict:
     flows_list = _split(args.forwarding_flows, FLOW_SPECS)
     protos = _split(args.forwarding_protos, ("udp", "tcp"))
     configs = _split(args.forwarding_configs, CONFIGS)
@@ -607,7 +656,19 @@ def _note(ratio: float, want: float, pps: dict, cell: str) -> str:
 
 
 def summary(result: dict) -> str:
-    from bench.common import format_value, table  # noqa: PLC0415
+    from bench import fwdlive  # noqa: PLC0415
+    from bench.common import table  # noqa: PLC0415
+
+    parts = []
+    if "pps" in result:
+        parts.append(_summary_trafgen(result))
+    if "live" in result:
+        parts.append(fwdlive.summary(result["live"]))
+    return "\n\n".join(parts) + "\n\n" + table(result["targets"])
+
+
+def _summary_trafgen(result: dict) -> str:
+    from bench.common import format_value  # noqa: PLC0415
 
     pps = result["pps"]
     configs = list(pps)
@@ -623,4 +684,4 @@ def summary(result: dict) -> str:
         for cell in cells:
             lines.append(f"| {cell} | " + " | ".join(format_value(added[c].get(cell))
                                                      for c in added) + " |")
-    return "\n".join(lines) + "\n\n" + table(result["targets"])
+    return "\n".join(lines)

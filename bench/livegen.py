@@ -132,10 +132,14 @@ class Template:
 
 
 def build_template(*, dst_mac: str, src_mac: str, src: str, dst: str, proto: str,
-                   flows: str, seq: int | None = None, ack: int | None = None) -> Template:
+                   flows: str, seq: int | None = None, ack: int | None = None,
+                   new_net: str | None = None, tcp_ack: bool = False) -> Template:
     """Frame 0 of a run, checksums included. Established modes: UDP or TCP
     ACK+PSH with 10 bytes of 0x61, padded (UDP) to 64 bytes; `new`: UDP, or a
-    TCP SYN with no data (54 bytes over IPv4), source 10.200.0.0 over IPv4."""
+    TCP SYN with no data (54 bytes over IPv4), source 10.200.0.0 over IPv4
+    (`new_net` "A.B": A.B.0.0 instead). tcp_ack (TCP `new` only): a bare ACK
+    instead of the SYN, whose sequence and acknowledgement numbers the BPF
+    program varies frame by frame (an ACK flood of no connection)."""
     if flows not in FLOW_SPECS:
         raise ValueError(f"--flows: choose among {', '.join(FLOW_SPECS)}, not {flows!r}")
     if proto not in ("udp", "tcp"):
@@ -145,8 +149,14 @@ def build_template(*, dst_mac: str, src_mac: str, src: str, dst: str, proto: str
         raise ValueError(f"--src {src} and --dst {dst} are not of the same IP version")
     v6 = sa.version == 6
     new = flows == "new"
+    if tcp_ack and not (new and proto == "tcp"):
+        raise ValueError("--tcp-ack: only with --proto tcp --flows new")
     if new and not v6:
-        sa = ipaddress.ip_address(f"{NEW_NET}.0.0")
+        net = new_net or NEW_NET
+        try:
+            sa = ipaddress.IPv4Address(f"{net}.0.0")
+        except ValueError:
+            raise ValueError(f"--new-net: want A.B (a /16 of IPv4), not {net!r}") from None
     if new:
         sa = ipaddress.ip_address(int(sa) & ~0xFFFF)      # the low 16 bits carry the flow
         sport, dport, nsp, ndp = NEW_SPORT0, NEW_DPORT, 1, 1
@@ -166,6 +176,8 @@ def build_template(*, dst_mac: str, src_mac: str, src: str, dst: str, proto: str
         payload = b"\x61" * max(0, FRAME - 14 - l3len - 8)
     if proto == "tcp":
         flags = 0x02 if syn else 0x18                       # SYN, or ACK+PSH
+        if tcp_ack:
+            flags, syn, ack = 0x10, False, (ack or SERVER_ISN)   # a bare ACK, no data
         l4 = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF,
                          (ack if not syn else 0) & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
         l4proto = 6
@@ -195,7 +207,9 @@ def build_template(*, dst_mac: str, src_mac: str, src: str, dst: str, proto: str
     defines = {"LG_FRAME_LEN": len(frame), "LG_ETH_P": 0x86DD if v6 else 0x0800,
                "LG_IPV6": int(v6), "LG_TCP": int(proto == "tcp"), "LG_NEW": int(new),
                "LG_NSP": nsp, "LG_NDP": ndp, "LG_SPORT0": sport, "LG_DPORT0": dport,
-               "LG_SALO0": int(sa) & 0xFFFF, "LG_L4CSUM0": c4, "LG_IPCSUM0": ipc}
+               "LG_SALO0": int(sa) & 0xFFFF, "LG_L4CSUM0": c4, "LG_IPCSUM0": ipc,
+               "LG_ACKF": int(tcp_ack), "LG_SEQ0": f"{seq & 0xFFFFFFFF}U",
+               "LG_ACK0": f"{(ack or 0) & 0xFFFFFFFF}U"}
     return Template(frame, defines)
 
 
@@ -335,6 +349,7 @@ class _Run:
     def __init__(self, *, out: str, dst_mac: str, src: str, dst: str, proto: str, flows: str,
                  count: int, max_seconds: float, seeds: int, cpu: int | None, mode: str,
                  seq: int | None, ack: int | None, stop: threading.Event,
+                 new_net: str | None = None, tcp_ack: bool = False,
                  announce=None) -> None:
         self.out, self.count, self.max_seconds = out, count, max_seconds
         self.seeds, self.cpu, self.mode_wanted, self.stop = seeds, cpu, mode, stop
@@ -342,8 +357,9 @@ class _Run:
         self.out_ifindex = int(_sysfs(out, "ifindex"))
         src_mac = _sysfs(out, "address")
         self.tmpl = build_template(dst_mac=dst_mac, src_mac=src_mac, src=src, dst=dst,
-                                   proto=proto, flows=flows, seq=seq, ack=ack)
-        self.info = {"proto": proto, "flows": flows, "count": count,
+                                   proto=proto, flows=flows, seq=seq, ack=ack,
+                                   new_net=new_net, tcp_ack=tcp_ack)
+        self.info = {"proto": proto, "flows": flows, "count": count, "tcp_ack": tcp_ack,
                      "frame_bytes": len(self.tmpl.frame)}
         self.b = None
         self.veths: list[str] = []
@@ -556,12 +572,14 @@ def generate(*, out: str, dst_mac: str, src: str, dst: str, proto: str = "udp",
              flows: str = "1", count: int = 1_000_000, max_seconds: float = 10.0,
              seeds: int = DEFAULT_SEEDS, cpu: int | None = None, mode: str = "auto",
              seq: int | None = None, ack: int | None = None,
-             stop: threading.Event | None = None, announce=None) -> dict:
+             stop: threading.Event | None = None, announce=None,
+             new_net: str | None = None, tcp_ack: bool = False) -> dict:
     """One bounded run in the *current* network namespace; the result dict.
     Everything it made (veths, XDP attachments) is gone when it returns."""
     run = _Run(out=out, dst_mac=dst_mac, src=src, dst=dst, proto=proto, flows=flows,
                count=count, max_seconds=max_seconds, seeds=seeds, cpu=cpu, mode=mode,
-               seq=seq, ack=ack, stop=stop or threading.Event(), announce=announce)
+               seq=seq, ack=ack, stop=stop or threading.Event(), announce=announce,
+               new_net=new_net, tcp_ack=tcp_ack)
     try:
         return run.run()
     finally:
@@ -586,7 +604,8 @@ class LiveGen:
     def __init__(self, *, netns: str | None, out: str, dst_mac: str, src: str, dst: str,
                  proto: str = "udp", flows: str = "1", count: int = 1_000_000,
                  max_seconds: float = 10.0, seeds: int = DEFAULT_SEEDS, cpu: int | None = None,
-                 mode: str = "auto", seq: int | None = None, ack: int | None = None) -> None:
+                 mode: str = "auto", seq: int | None = None, ack: int | None = None,
+                 new_net: str | None = None, tcp_ack: bool = False) -> None:
         flows = parse_flows(str(flows))
         self.argv = [sys.executable, "-m", "bench.livegen", "--out", out, "--dst-mac", dst_mac,
                      "--src", src, "--dst", dst, "--proto", proto, "--flows", flows,
@@ -600,6 +619,10 @@ class LiveGen:
             self.argv += ["--seq", str(seq)]
         if ack is not None:
             self.argv += ["--ack", str(ack)]
+        if new_net is not None:
+            self.argv += ["--new-net", new_net]
+        if tcp_ack:
+            self.argv.append("--tcp-ack")
         self.max_seconds = max_seconds
         self.proc: subprocess.Popen | None = None
         self.result: dict | None = None
@@ -724,6 +747,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=("auto", "xdp_loop", "live_frames"), default="auto")
     ap.add_argument("--seq", type=int, help="TCP sequence number (default by --flows)")
     ap.add_argument("--ack", type=int, help="TCP acknowledgment number (default by --flows)")
+    ap.add_argument("--new-net", metavar="A.B",
+                    help=f"--flows new over IPv4: sources in A.B.0.0/16 (default {NEW_NET})")
+    ap.add_argument("--tcp-ack", action="store_true",
+                    help="--proto tcp --flows new: bare ACKs with sequence and acknowledgement "
+                         "numbers varied frame by frame (an ACK flood), not SYNs")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON line")
     ap.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
     return ap
@@ -782,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         result = generate(out=a.out, dst_mac=a.dst_mac, src=a.src, dst=a.dst, proto=a.proto,
                           flows=a.flows, count=a.count, max_seconds=a.max_seconds,
                           seeds=a.seeds, cpu=a.cpu, mode=a.mode, seq=a.seq, ack=a.ack,
+                          new_net=a.new_net, tcp_ack=a.tcp_ack,
                           stop=stop, announce=announce)
     except LiveGenError as e:
         print(f"livegen: {e}", file=sys.stderr)

@@ -10,6 +10,9 @@
  *   LG_SPORT0, LG_DPORT0      ports in the template
  *   LG_SALO0                  low 16 bits of the template's source address
  *   LG_L4CSUM0, LG_IPCSUM0    checksums of the template (host order)
+ *   LG_ACKF                   1: TCP new-flow mode sends bare ACKs whose sequence
+ *                             and acknowledgement numbers vary with i (an ACK flood)
+ *   LG_SEQ0, LG_ACK0          the template's sequence and acknowledgement numbers
  *   LG_BUDGET                 frames to send, then XDP_DROP
  *   LG_OUT_IFINDEX            target of the live-frames program
  *
@@ -28,6 +31,12 @@
  *     the budget is spent (or lg_ctl[0] is set) it drops, which ends the loop.
  */
 #include <uapi/linux/bpf.h>
+
+#ifndef LG_ACKF
+#define LG_ACKF 0
+#define LG_SEQ0 0U
+#define LG_ACK0 0U
+#endif
 
 #define LG_SEED_P 0x88B5             /* IEEE 802 local experimental EtherType */
 #define LG_F_BROADCAST (1ULL << 3)   /* BPF_F_BROADCAST */
@@ -89,6 +98,18 @@ static __always_inline void lg_rewrite(void *data, u64 i)
 #if !LG_IPV6
     lg_put16(data, LG_IPCSUM_OFF, ~lg_fold((~LG_IPCSUM0 & 0xffff) + da) & 0xffff);
 #endif
+#endif
+#if LG_TCP && LG_ACKF
+    /* Random-looking numbers from i (multiplicative hashes), so that no two
+     * nearby frames agree and none matches a connection's window. */
+    u32 seq = (u32)i * 2654435761U + 0x6b43a9b5U;
+    u32 ack = ((u32)i ^ 0x5bd1e995U) * 0x85ebca6bU;
+    d += (~(LG_SEQ0 >> 16) & 0xffff) + (seq >> 16) + (~LG_SEQ0 & 0xffff) + (seq & 0xffff);
+    d += (~(LG_ACK0 >> 16) & 0xffff) + (ack >> 16) + (~LG_ACK0 & 0xffff) + (ack & 0xffff);
+    lg_put16(data, LG_L4OFF + 4, seq >> 16);
+    lg_put16(data, LG_L4OFF + 6, seq & 0xffff);
+    lg_put16(data, LG_L4OFF + 8, ack >> 16);
+    lg_put16(data, LG_L4OFF + 10, ack & 0xffff);
 #endif
     u32 c = ~lg_fold((~LG_L4CSUM0 & 0xffff) + d) & 0xffff;
 #if !LG_TCP
