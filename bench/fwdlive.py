@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT, spread, target_row
-from bench.forwarding import BPFFS, FLOW_SPECS, NFT_SINK, Router, prepare
+from bench.forwarding import BPFFS, FLOW_SPECS, NFT_SINK, Router, _split, prepare
 
 #: Router configurations of the generator cells.
 LIVE_CONFIGS = ("none", "nf_conntrack", "ctbpf", "ctbpf-enforce", "ctbpf-fast")
@@ -356,14 +356,6 @@ def add_arguments(g) -> None:
                    help="generator cells (default all of: " + ", ".join(LIVE_CELLS) + ")")
     g.add_argument("--forwarding-live-configs", default=",".join(LIVE_CONFIGS), metavar="LIST",
                    help=f"generator cells' configurations among {', '.join(LIVE_CONFIGS)}")
-
-
-def _split(text: str, allowed) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad or not items:
-        raise ValueError(f"choose among {', '.join(allowed)}, not {text!r}")
-    return items
 
 
 def check_args(args) -> tuple[list[str], list[str]]:
