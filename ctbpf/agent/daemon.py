@@ -58,6 +58,9 @@ class Daemon:
     stop_event_wakeup: threading.Event = field(default_factory=threading.Event)
     reload_hooks: list = field(default_factory=list)   # callables run on SIGHUP
     status: dict = field(default_factory=dict)
+    # set by the signal handler, which may run in the middle of write_status:
+    # it must not change the dict that json.dumps is walking
+    stopped_by: str = ""
     features: object = None   # features.KernelFeatures, probed once at start
     started: list = field(default_factory=list)   # services started, in order
 
@@ -73,14 +76,14 @@ class Daemon:
         self.status.update(fields)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / "daemon.json.tmp"
-        tmp.write_text(json.dumps(self.status, indent=1))
+        tmp.write_text(json.dumps(dict(self.status), indent=1))
         tmp.replace(self.run_dir / "daemon.json")
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
             self.reload_requested.set()
         else:
-            self.status["stopped_by"] = signal.Signals(signum).name
+            self.stopped_by = signal.Signals(signum).name
             self.stop_event.set()
         self.stop_event_wakeup.set()
 
@@ -237,7 +240,7 @@ def _serve(daemon: Daemon, dp, args):
             pass
         if getattr(args, "keep_attached", False):
             kept = dp.release()   # programs stay attached, maps pinned
-    log.info("%s: %s", daemon.status.get("stopped_by", "stop"),
+    log.info("%s: %s", daemon.stopped_by or "stop",
              "leaving the datapath attached" if kept is not None else "detaching")
     return kept
 
