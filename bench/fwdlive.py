@@ -73,18 +73,25 @@ class LiveRouter(Router):
     srv0 reach the server), threaded NAPI on the router's cli0 and srv0, and
     every configuration with native XDP on cli0 and srv0."""
 
-    def __init__(self, grow: bool = True) -> None:
-        super().__init__(sinks={"client": NFT_SINK}, tag="fwdlive")
+    def __init__(self, grow: bool = True, server_sink: bool = True, napi_cpu: int = ROUTER_CPU,
+                 enforce_toml: str = ENFORCE_TOML, **router_kw) -> None:
+        router_kw.setdefault("sinks", {"client": NFT_SINK})
+        router_kw.setdefault("tag", "fwdlive")
+        super().__init__(**router_kw)
         self.grow = grow
+        self.napi_cpu = napi_cpu
+        self.enforce_toml = enforce_toml
         self.variant = "none"
         self.napi_pinned: list[str] = []
         self.kept_pins: dict[str, Path] = {}
         self.warm_up: dict | None = None
+        self.sink = None
         try:
-            self.sink = self.lab.popen("server", [sys.executable, str(XDP_DROP), "--iface", "eth0",
-                                                  "--mode", "native", "--max-seconds", "3600"],
-                                       cwd=ROOT)
-            self._wait_line(self.sink, "xdp_drop: attached")
+            if server_sink:
+                self.sink = self.lab.popen("server", [sys.executable, str(XDP_DROP), "--iface",
+                                                      "eth0", "--mode", "native",
+                                                      "--max-seconds", "3600"], cwd=ROOT)
+                self._wait_line(self.sink, "xdp_drop: attached")
             # The flows are made by trafgen as in the trafgen cells; with native
             # XDP on the router's veths, veth stops the sender's queue while
             # the router's ring is full, and trafgen exits on the EAGAIN that
@@ -138,7 +145,7 @@ class LiveRouter(Router):
                     "--xdp-mode", "native", "--metrics-addr", "none"]
             if config != "ctbpf":
                 conf = self.tmp / "enforce.toml"
-                conf.write_text(ENFORCE_TOML)
+                conf.write_text(self.enforce_toml)
                 argv += ["--mode", "enforce", "--config", str(conf)]
             if config == "ctbpf-fast":
                 argv.append("--fast-path")
@@ -156,7 +163,7 @@ class LiveRouter(Router):
 
     def _pin_napi(self, before: dict[int, str]) -> list[str]:
         """Threaded NAPI on cli0 and srv0 (possible once native XDP gave them a
-        NAPI), and the threads it made, to ROUTER_CPU."""
+        NAPI), and the threads it made, to napi_cpu."""
         for iface in ("cli0", "srv0"):
             cp = self.lab.exec("router", ["sh", "-c", f"echo 1 > /sys/class/net/{iface}/"
                                           f"threaded"], timeout=10)
@@ -171,7 +178,7 @@ class LiveRouter(Router):
             time.sleep(0.02)
         for pid, name in sorted(new.items()):
             try:
-                os.sched_setaffinity(pid, {ROUTER_CPU})
+                os.sched_setaffinity(pid, {self.napi_cpu})
                 pinned.append(name)
             except OSError as e:
                 pinned.append(f"{name} (not pinned: {e.strerror})")
