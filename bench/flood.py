@@ -133,6 +133,20 @@ same flood: the floor of the veth itself, what no XDP dropper can beat
 here. The generator's own rate is given beside every result: the frames
 srv0 took in, and the frames it tried to send (the rest found srv0's ring
 full).
+
+**What bounds the generator cells.** The veth: a frame that crosses from
+the generator's CPU to the router's NAPI thread on the other CPU costs
+about 550 ns there before any program runs (the floor row: an XDP_DROP
+program alone drops no more than ctbpf does). ctbpf's own program is within
+that floor's run-to-run spread, so the drop rate is the veth's, about
+1.6 x the kernel's full path (IP receive, conntrack, nft). The 10 x target
+needs about 90 ns a packet in all, a NIC's RX ring with native XDP, not a
+veth's cross-CPU ring. Under the flood, the router's srv0 thread never
+idles (its ring refills faster than it drains), so the scheduler gives it
+its share of CPU 1 whatever a packet costs: the streams keep about 0.6 of
+their throughput with ctbpf, against 0.1-0.4 with nf_conntrack, whose
+flood path also costs the streams' CPU. Keeping 0.95 needs the router to
+drain the offered flood in a twentieth of a CPU.
 """
 
 FLOOD_NET = "198.18"
