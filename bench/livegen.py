@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.forwarding import CLIENT_ISN, DPORT0, FLOW_SPECS, FRAME, NEW_NET, SERVER_ISN, SPORT0
+from ctbpf.lab.netns import pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 BPF_SRC = Path(__file__).resolve().parent / "bpf" / "livegen.c"
@@ -251,22 +252,12 @@ def _ip(*args: str) -> None:
         raise LiveGenError(f"ip {' '.join(args)}: {cp.stderr.strip()}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_loops() -> list[str]:
     """Delete lgA<pid> veths whose generator is gone (killed with SIGKILL)."""
     gone = []
     for p in Path("/sys/class/net").iterdir():
         name = p.name
-        if name.startswith("lgA") and name[3:].isdigit() and not _pid_alive(int(name[3:])):
+        if name.startswith("lgA") and name[3:].isdigit() and not pid_alive(int(name[3:])):
             subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=20)
             gone.append(name)
     return gone

@@ -159,8 +159,9 @@ def _xdp_mode_for(dp, args) -> str:
 
     if args.xdp_mode != "auto" or not dp.fast_path_on():
         return args.xdp_mode
-    lacking = [n for n in args.iface if link_kind(ifindex(n)) != "veth"
-               and not xdpfeatures.takes_xdp_frames(ifindex(n))]
+    indexes = {n: ifindex(n) for n in args.iface}
+    lacking = [n for n, i in indexes.items() if link_kind(i) != "veth"
+               and not xdpfeatures.takes_xdp_frames(i)]
     if not lacking:
         return "auto"
     print(f"ctbpf: fast path: {', '.join(lacking)} cannot send XDP frames (no ndo_xdp_xmit): "

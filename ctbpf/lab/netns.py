@@ -138,7 +138,8 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -158,7 +159,7 @@ def _owner_alive(prefix: str) -> bool:
         pid = int(_owner_file(prefix).read_text().strip())
     except (OSError, ValueError):
         return False
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def _kill_namespace_pids(names: Iterable[str]) -> None:
