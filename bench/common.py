@@ -126,3 +126,12 @@ def _save(fig, plt, name: str) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path.relative_to(ROOT))
+
+
+def add_generator_cells(result: dict, live: dict) -> dict:
+    """A benchmark's result with its generator cells' result (bench/fwdlive.py,
+    bench/floodlive.py) under "live", their targets and plots appended."""
+    result["live"] = live
+    result["targets"] = result["targets"] + live.pop("targets")
+    result["plots"] = result["plots"] + live.pop("plots", [])
+    return result

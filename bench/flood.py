@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import MIN_RUNS, ROOT, plot_bars, spread, target_row
+from bench.common import MIN_RUNS, ROOT, add_generator_cells, plot_bars, spread, target_row
 from bench.forwarding import BPFFS, Router
 
 HELP = "spoofed SYN/ACK flood from outside: drops/s and established streams' throughput"
@@ -442,10 +442,7 @@ def run(args) -> dict:
         "settings": {}, "figures": {}, "targets": [], "plots": [], "notes": NOTES}
     if "livegen" in senders:
         print("  generator cells (bench/livegen.py, native XDP, threaded NAPI)", flush=True)
-        live = floodlive.run(args)
-        result["live"] = live
-        result["targets"] = result["targets"] + live.pop("targets")
-        result["plots"] = result["plots"] + live.pop("plots", [])
+        add_generator_cells(result, floodlive.run(args))
     result["settings"]["senders"] = senders
     return result
 

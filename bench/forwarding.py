@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import MIN_RUNS, ROOT, plot_bars, spread, target_row
+from bench.common import MIN_RUNS, ROOT, add_generator_cells, plot_bars, spread, target_row
 
 HELP = "pps forwarded by the lab router: no tracking vs nf_conntrack vs ctbpf (trafgen, 64 B)"
 
@@ -543,10 +543,7 @@ def run(args) -> dict:
         "settings": {}, "targets": [], "plots": [], "notes": NOTES}
     if "livegen" in senders:
         print("  generator cells (bench/livegen.py, native XDP, threaded NAPI)", flush=True)
-        live = fwdlive.run(args)
-        result["live"] = live
-        result["targets"] = result["targets"] + live.pop("targets")
-        result["plots"] = result["plots"] + live.pop("plots", [])
+        add_generator_cells(result, fwdlive.run(args))
     result["settings"]["senders"] = senders
     return result
 

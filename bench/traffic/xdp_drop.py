@@ -10,14 +10,11 @@ needs.
     python3 bench/traffic/xdp_drop.py --iface eth0 [--mode native|generic]
 """
 
-import argparse
 import ctypes
 import json
-import signal
 import sys
-import threading
 
-from bcc import BPF
+from xdp_pass import hold   # this script's directory is on sys.path
 
 SRC = r"""
 #include <uapi/linux/if_ether.h>
@@ -47,27 +44,7 @@ int xdp_drop(struct xdp_md *ctx)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--iface", action="append", required=True)
-    ap.add_argument("--mode", choices=("native", "generic"), default="native")
-    ap.add_argument("--max-seconds", type=float, default=600.0)
-    a = ap.parse_args()
-    flags = BPF.XDP_FLAGS_DRV_MODE if a.mode == "native" else BPF.XDP_FLAGS_SKB_MODE
-    b = BPF(text=SRC)
-    fn = b.load_func("xdp_drop", BPF.XDP)
-    stop = threading.Event()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda *_: stop.set())
-    done = []
-    try:
-        for i in a.iface:
-            b.attach_xdp(i, fn, flags)
-            done.append(i)
-        print(f"xdp_drop: attached ({a.mode}) to {', '.join(done)}", flush=True)
-        stop.wait(a.max_seconds)
-    finally:
-        for i in done:
-            b.remove_xdp(i, flags)
+    b = hold(SRC, "xdp_drop")
     dropped = sum(b[b"drops"][ctypes.c_int(0)])
     print(json.dumps({"dropped": dropped}), flush=True)
     return 0
